@@ -1,0 +1,409 @@
+"""The `deepcvr` command line: one Typer app; stage commands are built from the ops' params.
+
+Every DeepCVRError is printed as one `error: ...` line with its exit code (2 for config
+mistakes); a traceback is shown only with -v.
+"""
+
+from __future__ import annotations
+
+import enum
+import inspect
+import json
+import logging
+import os
+import socket
+import sys
+import traceback
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal, NoReturn, Optional, get_args, get_origin
+
+import typer
+from pydantic import ValidationError
+from pydantic.fields import FieldInfo
+from rich.table import Table
+from typer.core import TyperGroup
+
+from deepcvr.errors import ConfigError, DeepCVRError
+from deepcvr.logsetup import make_console, setup_logging
+from deepcvr.metadata import STORE_DIR, STORE_FILE, MetadataStore, store_path
+from deepcvr.pipeline.config import (
+    known_ops,
+    load_pipeline,
+    pipeline_json_schema,
+    single_task_pipeline,
+)
+from deepcvr.pipeline.ops import OpParams
+from deepcvr.pipeline.runner import STATUS_STYLE, format_duration, run_pipeline
+from deepcvr.pipeline.yamlio import one_line
+from deepcvr.secrets import mask_text
+
+log = logging.getLogger("deepcvr")
+_state = {"verbose": False}
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    typer.echo(f"error: {one_line(mask_text(message))}", err=True)
+    raise typer.Exit(code)
+
+
+class ErrorHandlingGroup(TyperGroup):
+    """Turns every error out of a command into one line and an exit code."""
+
+    def invoke(self, ctx: typer.Context) -> Any:  # type: ignore[override]
+        try:
+            return super().invoke(ctx)
+        except (typer.Exit, typer.Abort, typer.TyperException):  # usage errors print themselves
+            raise
+        except DeepCVRError as e:
+            log.debug("error details", exc_info=True)
+            _fail(str(e), e.exit_code)
+        except ValidationError as e:
+            _fail(one_line(e), ConfigError.exit_code)
+        except KeyboardInterrupt:
+            _fail("interrupted", 130)
+        except Exception as e:
+            if _state["verbose"]:
+                traceback.print_exc()
+            _fail(f"internal error: {type(e).__name__}: {e} (run with -v for the traceback)", 1)
+
+
+app = typer.Typer(
+    cls=ErrorHandlingGroup,
+    name="deepcvr",
+    help="Ali-CCP from archives to a verified 3NF database, with justified stratified samples.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,  # tracebacks only with -v, printed by ErrorHandlingGroup
+)
+
+
+@app.callback()
+def _global(
+    verbose: bool = typer.Option(False, "-v", "--verbose", help="Debug logging and tracebacks."),
+    quiet: bool = typer.Option(False, "-q", "--quiet", help="Warnings and errors only."),
+) -> None:
+    """Ali-CCP from archives to a verified 3NF database, with justified stratified samples."""
+    _state["verbose"] = verbose
+    setup_logging(verbose=verbose, quiet=quiet)
+
+
+SET_OPTION = typer.Option(
+    None, "--set", metavar="KEY=VALUE", help="Override a param (KEY) or a dotted YAML path."
+)
+
+
+@app.command()
+def run(
+    pipeline: str = typer.Argument(..., metavar="PIPELINE.yaml", help="Pipeline file."),
+    set_: Optional[list[str]] = SET_OPTION,  # noqa: UP045 - Typer needs Optional here
+    force: bool = typer.Option(False, "--force", help="Redo work even if outputs are up to date."),
+    from_: Optional[str] = typer.Option(  # noqa: UP045
+        None, "--from", metavar="TASK", help="Run TASK and its dependants only."
+    ),
+) -> None:
+    """Run a pipeline: tasks in dependency order, independent ones in parallel."""
+    result = run_pipeline(load_pipeline(Path(pipeline), set_ or ()), force=force, from_task=from_)
+    if result.failed:
+        first, more = result.failed[0], len(result.failed) - 1
+        extra = f" (and {more} more failed task{'s' * (more > 1)})" if more else ""
+        _fail(f"task {first} failed: {result.tasks[first].error}{extra}", result.exit_code)
+
+
+@app.command()
+def validate(
+    pipeline: Optional[str] = typer.Argument(  # noqa: UP045
+        None, metavar="[PIPELINE.yaml]", help="Pipeline file to check."
+    ),
+    schema: bool = typer.Option(False, "--schema", help="Print the JSON Schema of pipelines."),
+    set_: Optional[list[str]] = SET_OPTION,  # noqa: UP045
+) -> None:
+    """Check a pipeline file without running it, or print the pipeline JSON Schema."""
+    if schema:
+        typer.echo(json.dumps(pipeline_json_schema(), indent=2))
+        return
+    if pipeline is None:
+        raise ConfigError("validate: give PIPELINE.yaml, or --schema for the JSON Schema")
+    p = load_pipeline(Path(pipeline), set_ or ())
+    typer.echo(f"{pipeline}: ok: pipeline {p.name}, tasks {', '.join(p.order())}")
+
+
+# --- stage commands, built from the op params models ------------------------------------------
+
+WORKSPACE_OPTION = typer.Option(
+    "data",
+    "--workspace",
+    envvar="DEEPCVR_WORKSPACE",
+    help="Workspace directory (default paths, metadata store).",
+)
+_RESERVED = ("workspace", "force")
+
+
+def add_op_command(
+    target: typer.Typer, name: str, op_name: str, arguments: Mapping[str, str] = {}
+) -> None:
+    """Add command `name` running op `op_name`; every params field becomes an option
+    (kebab-case), or a positional argument when listed in `arguments` (field -> METAVAR)."""
+    ops = known_ops()
+    if op_name not in ops:  # an op module not written yet must not break the whole CLI
+        log.debug("command %s: op %s is not registered", name, op_name)
+        return
+    spec = ops[op_name]
+    model = spec.params
+    fields = model.model_fields
+    order = [f for f in arguments if f in fields] + [f for f in fields if f not in arguments]
+    params = [
+        inspect.Parameter(f, inspect.Parameter.KEYWORD_ONLY, annotation=ann, default=info)
+        for f in order
+        for ann, info in [_cli_param(model.__name__, f, fields[f], arguments.get(f))]
+    ]
+    for f in _RESERVED:
+        if f in fields:
+            raise TypeError(f"{model.__name__}.{f} clashes with the --{f} option")
+    params.append(
+        inspect.Parameter(
+            "workspace", inspect.Parameter.KEYWORD_ONLY, annotation=str, default=WORKSPACE_OPTION
+        )
+    )
+    params.append(
+        inspect.Parameter(
+            "force",
+            inspect.Parameter.KEYWORD_ONLY,
+            annotation=bool,
+            default=typer.Option(
+                False, "--force", help="Redo work even if outputs are up to date."
+            ),
+        )
+    )
+    shown = {f: arguments.get(f) or f"--{f.replace('_', '-')}" for f in fields}
+
+    def command(**kwargs: Any) -> None:
+        workspace, force = kwargs.pop("workspace"), kwargs.pop("force")
+        values = {}
+        for f, value in kwargs.items():
+            if value is None or (value == [] and not fields[f].is_required()):
+                continue  # not given: the model's default applies
+            if isinstance(value, list):
+                value = [v.value if isinstance(v, enum.Enum) else v for v in value]
+            values[f] = _pairs(value, shown[f]) if _is_dict(fields[f]) else value
+        params_obj = _validate(model, values, shown)
+        pipeline = single_task_pipeline(name, op_name, params_obj, workspace)
+        result = run_pipeline(pipeline, force=force, table=False)
+        outcome = result.tasks[name]
+        if outcome.status != "succeeded":
+            _fail(outcome.error or outcome.status, outcome.exit_code or 1)
+        typer.echo(json.dumps(outcome.result, indent=2, default=str))
+
+    command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+    command.__annotations__ = {p.name: p.annotation for p in params}
+    command.__name__ = name.replace("-", "_")
+    doc = (spec.func.__doc__ or spec.doc).strip()
+    command.__doc__ = (
+        f"{doc}\n\nSame as pipeline op {op_name}: each option is a key of its `with:`."
+    )
+    target.command(name)(command)
+
+
+def _cli_param(owner: str, name: str, field: FieldInfo, metavar: str | None) -> tuple[Any, Any]:
+    """(annotation, typer.Option/Argument) for one pydantic field."""
+    ann = field.annotation
+    optional = type(None) in get_args(ann)
+    inner = next((a for a in get_args(ann) if a is not type(None)), ann) if optional else ann
+    required = field.is_required()
+    default = None if required else field.get_default(call_default_factory=True)
+    kw: dict[str, Any] = {"help": field.description or ""}
+    origin, args = get_origin(inner), get_args(inner)
+    if origin is list:
+        item = args[0] if args else str
+        if get_origin(item) is Literal:  # Typer takes Literal, but not inside list[]
+            item = enum.Enum(f"{owner}_{name}", {str(a): a for a in get_args(item)})
+        inner, default = list[item], None  # type: ignore[valid-type]
+        kw["help"] += " (repeatable)"
+    elif origin is dict:
+        inner, default = list[str], None
+        kw["metavar"], kw["help"] = "KEY=VALUE", kw["help"] + " (repeatable)"
+    elif origin is not Literal and inner not in (str, int, float, bool, Path):
+        raise TypeError(f"{owner}.{name}: {ann} has no CLI mapping; add one to _cli_param")
+    if metavar is not None:  # positional: required on the command line
+        return inner, typer.Argument(..., metavar=metavar, show_default=False, **kw)
+    flag = f"--{name.replace('_', '-')}"
+    decls = [f"{flag}/--no-{name.replace('_', '-')}" if inner is bool and default else flag]
+    annotation = inner if required or (inner is bool) else Optional[inner]  # noqa: UP045
+    return annotation, typer.Option(... if required else default, *decls, **kw)
+
+
+def _is_dict(field: FieldInfo) -> bool:
+    ann = field.annotation
+    return get_origin(ann) is dict or any(get_origin(a) is dict for a in get_args(ann))
+
+
+def _pairs(items: list[str], shown: str) -> dict[str, str]:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"{shown} {item}: expected KEY=VALUE")
+        out[key] = value
+    return out
+
+
+def _validate(model: type[OpParams], values: dict[str, Any], shown: dict[str, str]) -> OpParams:
+    try:
+        return model.model_validate(values)
+    except ValidationError as e:
+        parts = []
+        for err in e.errors():
+            where = shown.get(str(err["loc"][0]), str(err["loc"][0])) if err["loc"] else "input"
+            got = f" (got {err['input']!r})" if err["type"] != "missing" else ""
+            parts.append(f"{where}: {err['msg'][:1].lower()}{err['msg'][1:]}{got}")
+        raise ConfigError("; ".join(parts)) from None
+
+
+add_op_command(app, "generate", "synth.generate", {"out": "OUT_DIR"})
+add_op_command(
+    app, "decompress", "extract.decompress", {"source": "ARCHIVE_DIR", "output": "RAW_DIR"}
+)
+add_op_command(app, "transform", "transform.aliccp", {"input": "RAW_DIR", "output": "OUT_DIR"})
+add_op_command(app, "load", "load.database", {"input": "PARQUET_DIR"})
+
+
+# --- status and history -----------------------------------------------------------------------
+
+STATUS_WORKSPACE = typer.Option(
+    None,
+    "--workspace",
+    envvar="DEEPCVR_WORKSPACE",
+    help="Workspace directory (default: newest store in ., ./data or ./data/*/).",
+)
+
+
+@app.command()
+def status(workspace: Optional[str] = STATUS_WORKSPACE) -> None:  # noqa: UP045
+    """Show the latest run and its tasks."""
+    store = _open_store(workspace)
+    latest = store.latest_run() if store else None
+    if store is None or latest is None:
+        typer.echo(f"no runs recorded{_where(store, workspace)}")
+        return
+    console = make_console()
+    console.print(
+        f"run [bold]{latest['run_id']}[/]  pipeline {latest['pipeline']}  "
+        f"status {_styled(_run_status(latest))}  started {_time(latest['started_at'])}  "
+        f"duration {format_duration(_duration(latest))}"
+    )
+    if latest["error"]:
+        console.print(f"error: {latest['error']}", markup=False)
+    table = Table(title_justify="left")
+    for column in ("task", "op", "status", "started", "duration", "error"):
+        table.add_column(column, overflow="fold")
+    for t in store.task_runs(latest["run_id"]):
+        table.add_row(
+            t["task"],
+            t["op"],
+            _styled(t["status"]),
+            _time(t["started_at"]),
+            format_duration(t["duration_s"]),
+            (t["error"] or "").splitlines()[0] if t["error"] else "",
+        )
+    console.print(table)
+
+
+@app.command()
+def history(
+    workspace: Optional[str] = STATUS_WORKSPACE,  # noqa: UP045
+    limit: int = typer.Option(20, "--limit", min=1, help="Number of runs to show."),
+) -> None:
+    """List recent runs, newest first."""
+    store = _open_store(workspace)
+    runs = store.runs(limit) if store else []
+    if not runs:
+        typer.echo(f"no runs recorded{_where(store, workspace)}")
+        return
+    table = Table(title_justify="left")
+    for column in ("run", "pipeline", "status", "started", "duration", "error"):
+        table.add_column(column, overflow="fold")
+    for r in runs:
+        error = (r["error"] or "").splitlines()[0] if r["error"] else ""
+        table.add_row(
+            r["run_id"],
+            r["pipeline"],
+            _styled(_run_status(r)),
+            _time(r["started_at"]),
+            format_duration(_duration(r)),
+            error,
+        )
+    make_console().print(table)
+
+
+def _find_store(workspace: str | None) -> Path | None:
+    if workspace:
+        return store_path(workspace)
+    candidates = [Path(STORE_DIR, STORE_FILE), Path("data", STORE_DIR, STORE_FILE)]
+    candidates += sorted(Path("data").glob(f"*/{STORE_DIR}/{STORE_FILE}"))
+    found = [p for p in candidates if p.is_file()]
+    # WAL: recent writes touch the -wal file, not the database file itself.
+    return max(found, key=_mtime) if found else None
+
+
+def _mtime(path: Path) -> float:
+    wal = path.with_name(path.name + "-wal")
+    return max(path.stat().st_mtime, wal.stat().st_mtime if wal.exists() else 0.0)
+
+
+def _open_store(workspace: str | None) -> MetadataStore | None:
+    path = _find_store(workspace)
+    if path is None or not path.is_file():
+        return None
+    log.debug("metadata store %s", path)
+    return MetadataStore(path, create=False)
+
+
+def _where(store: MetadataStore | None, workspace: str | None) -> str:
+    if store is not None:
+        return f" in {store.path}"
+    if workspace:
+        return f" (no metadata store in {workspace})"
+    return " (no metadata store in ., ./data or ./data/*/; use --workspace)"
+
+
+def _run_status(run: dict[str, Any]) -> str:
+    """A run still marked running whose process is gone was killed: say so."""
+    if run["status"] != "running" or run["host"] != socket.gethostname() or not run["pid"]:
+        return str(run["status"])
+    try:
+        os.kill(run["pid"], 0)
+    except ProcessLookupError:
+        return "running (process gone: killed?)"
+    except PermissionError:
+        pass
+    return "running"
+
+
+def _styled(status: str) -> str:
+    style = STATUS_STYLE.get(status.split()[0], "")
+    return f"[{style}]{status}[/]" if style else status
+
+
+def _time(iso: str | None) -> str:
+    return f"{iso[:19].replace('T', ' ')}Z" if iso else ""
+
+
+def _duration(run: dict[str, Any]) -> float | None:
+    if not run["started_at"]:
+        return None
+    start = datetime.fromisoformat(run["started_at"])
+    end = datetime.fromisoformat(run["ended_at"]) if run["ended_at"] else datetime.now(UTC)
+    return (end - start).total_seconds()
+
+
+def main() -> None:
+    """Console entry point (`deepcvr`)."""
+    try:
+        app(prog_name="deepcvr")
+    except SystemExit as e:
+        if e.code == 130:  # Ctrl-C: op threads cannot be stopped, so do not wait for them
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(130)
+        raise

@@ -1,0 +1,202 @@
+"""Load 3NF Parquet into a DuckDB file: bulk reads, keys, verification, atomic file swap.
+
+The new database is built in a temp file beside the target (rows of splits not being loaded are
+copied from the previous version), verified, then renamed over the target in one step: a failure
+at any point leaves the previous database untouched and queryable.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+from deepcvr.errors import DataError, TargetError
+from deepcvr.fsutil import temp_sibling
+from deepcvr.load.parquet_input import ParquetInput
+from deepcvr.load.verify import KEYS_TABLE, run_checks
+from deepcvr.progress import progress
+from deepcvr.schema import MODEL, REJECTS, SQL_TYPES, Table, create_table_sql
+
+DIALECT = "duckdb"
+
+
+def _table_sql(table: Table, enforce: bool, enforced: set[str]) -> str:
+    """CREATE TABLE, with PRIMARY/FOREIGN KEY inline when enforced (DuckDB cannot add FKs later)."""
+    types = SQL_TYPES[DIALECT]
+    cols = [f"{c.name} {types[c.type]}{'' if c.nullable else ' NOT NULL'}" for c in table.columns]
+    if enforce:
+        cols.append(f"PRIMARY KEY ({', '.join(table.primary_key)})")
+        for fk in table.foreign_keys:
+            if fk.ref_table in enforced:
+                cols.append(
+                    f"FOREIGN KEY ({', '.join(fk.columns)}) "
+                    f"REFERENCES {fk.ref_table} ({', '.join(fk.ref_columns)})"
+                )
+    return f"CREATE TABLE {table.name} ({', '.join(cols)})"
+
+
+def _check_target_path(path: Path) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise TargetError(f"{path}: cannot create the directory ({err.strerror})") from None
+    if not os.access(path.parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise TargetError(f"{path}: target database path is not writable; choose another target")
+    if path.is_dir():
+        raise TargetError(f"{path}: target is a directory; give a database file path")
+
+
+def _old_tables(con: duckdb.DuckDBPyConnection) -> dict[str, list[str]]:
+    rows = con.execute(
+        "SELECT table_name, column_name FROM information_schema.columns "
+        "WHERE table_catalog = 'old' ORDER BY table_name, ordinal_position"
+    ).fetchall()
+    tables: dict[str, list[str]] = {}
+    for name, column in rows:
+        tables.setdefault(name, []).append(column)
+    return tables
+
+
+def load_duckdb(
+    inp: ParquetInput, path: Path, replace: bool, enforce_max_rows: int
+) -> dict[str, Any]:
+    _check_target_path(path)
+    tmp = temp_sibling(path)
+    start = time.monotonic()
+    con = duckdb.connect(str(tmp))
+    try:
+        summary = _build(con, inp, path, replace, enforce_max_rows)
+        con.execute("CHECKPOINT")
+        con.close()
+        os.replace(tmp, path)
+    except duckdb.Error as err:
+        con.close()
+        raise TargetError(f"{path}: load failed, previous database left as it was ({err})".replace(
+            "\n", " ")) from None
+    finally:
+        for leftover in (tmp, Path(f"{tmp}.wal")):
+            leftover.unlink(missing_ok=True)
+    summary["seconds"] = round(time.monotonic() - start, 3)
+    return summary
+
+
+def _attach_old(con: duckdb.DuckDBPyConnection, path: Path) -> dict[str, list[str]]:
+    if not path.exists():
+        return {}
+    try:
+        con.execute(f"ATTACH '{path}' AS old (READ_ONLY)")
+    except duckdb.Error as err:
+        message = str(err).splitlines()[0]
+        if "lock" in message.lower():
+            raise TargetError(
+                f"{path}: the database is open in another process; close it and retry"
+            ) from None
+        raise TargetError(
+            f"{path}: existing file is not a DuckDB database ({message}); remove it or choose "
+            "another target"
+        ) from None
+    return _old_tables(con)
+
+
+def _build(
+    con: duckdb.DuckDBPyConnection,
+    inp: ParquetInput,
+    path: Path,
+    replace: bool,
+    enforce_max_rows: int,
+) -> dict[str, Any]:
+    old = _attach_old(con, path)
+    for table in (*MODEL, REJECTS):
+        if table.name in old and old[table.name] != table.column_names and not replace:
+            raise TargetError(
+                f"{path}: table {table.name} exists with another shape ({', '.join(old[table.name])})"
+                "; pass --replace to replace it"
+            )
+    keep_old = {t.name for t in (*MODEL, REJECTS) if old.get(t.name) == t.column_names}
+    splits = ", ".join(f"'{s}'" for s in inp.splits)
+    enforced: set[str] = set()
+    tables: dict[str, Any] = {}
+    total_rows = sum(inp.tables[t.name].rows for t in MODEL)
+    with progress(f"load {path.name}", total_rows, unit="rows") as advance:
+        for table in (*MODEL, REJECTS):
+            t0 = time.monotonic()
+            source = f"read_parquet({inp.tables[table.name].glob!r}, union_by_name=false)"
+            if not inp.tables[table.name].files:
+                source = f"(SELECT * FROM {table.name}__empty)"
+                con.execute(create_table_sql(table, DIALECT, name=f"{table.name}__empty"))
+            cols = ", ".join(table.column_names)
+            if table.name == "field":
+                select = f"SELECT {cols} FROM {source}"
+            elif table.name == "feature":
+                select = _feature_union(source, "feature" in keep_old)
+            else:
+                select = f"SELECT {cols} FROM {source}"
+                if table.name in keep_old and table.per_split:
+                    select += (
+                        f" UNION ALL SELECT {cols} FROM old.{table.name} "
+                        f"WHERE split NOT IN ({splits})"
+                    )
+            if table.name == "feature":
+                _check_feature_conflicts(con, select)
+            rows = con.execute(f"SELECT count(*) FROM ({select})").fetchone()[0]  # type: ignore[index]
+            enforce = table is not REJECTS and rows <= enforce_max_rows
+            con.execute(_table_sql(table, enforce, enforced))
+            try:
+                con.execute(f"INSERT INTO {table.name} {select}")
+            except duckdb.ConstraintException as err:
+                raise DataError(
+                    f"{table.name}: {str(err).splitlines()[0]}; nothing was changed in {path}"
+                ) from None
+            if enforce:
+                enforced.add(table.name)
+            if table is not REJECTS:
+                advance(inp.tables[table.name].rows)
+            seconds = time.monotonic() - t0
+            tables[table.name] = {
+                "rows": rows,
+                "parquet_rows": inp.tables[table.name].rows,
+                "keys": "enforced" if enforce else "verified by queries",
+                "seconds": round(seconds, 3),
+                "rows_per_s": round(rows / seconds) if seconds else None,
+            }
+            con.execute(f"DROP TABLE IF EXISTS {table.name}__empty")
+    expected = {name: info["rows"] for name, info in tables.items()}
+    checks, catalogue = run_checks(lambda sql: con.execute(sql).fetchall(), expected, enforced)
+    failed = [c for c in checks if not c["ok"]]
+    if failed:
+        raise DataError(
+            f"{path}: verification failed: "
+            + "; ".join(f"{c['name']}: {c['detail']}" for c in failed[:5])
+            + "; nothing was changed"
+        )
+    con.execute(
+        f"CREATE TABLE {KEYS_TABLE} (table_name VARCHAR, kind VARCHAR, columns VARCHAR, "
+        "ref_table VARCHAR, ref_columns VARCHAR, enforced BOOLEAN, violations BIGINT)"
+    )
+    con.executemany(f"INSERT INTO {KEYS_TABLE} VALUES (?, ?, ?, ?, ?, ?, ?)", catalogue)
+    return {"target": f"duckdb:///{path}", "splits": list(inp.splits), "tables": tables,
+            "checks": checks}
+
+
+def _feature_union(source: str, with_old: bool) -> str:
+    union = f"SELECT feature_id, field_id FROM {source}"
+    if with_old:
+        union += " UNION ALL SELECT feature_id, field_id FROM old.feature"
+    return f"SELECT DISTINCT feature_id, field_id FROM ({union})"
+
+
+def _check_feature_conflicts(con: duckdb.DuckDBPyConnection, select: str) -> None:
+    clash = con.execute(
+        f"SELECT feature_id, list(field_id ORDER BY field_id) FROM ({select}) "
+        "GROUP BY feature_id HAVING count(*) > 1 ORDER BY feature_id LIMIT 3"
+    ).fetchall()
+    if clash:
+        examples = ", ".join(f"{fid} in fields {'/'.join(fields)}" for fid, fields in clash)
+        raise DataError(
+            f"feature: feature ids belong to two fields across splits ({examples}); "
+            "transform the splits together so one field wins"
+        )

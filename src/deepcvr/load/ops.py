@@ -1,0 +1,29 @@
+"""Pipeline op `load.database`: 3NF Parquet -> a keyed, verified target database."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import Field
+
+from deepcvr.pipeline.ops import OpContext, OpParams, op
+
+
+class LoadParams(OpParams):
+    input: str | None = Field(None, description="Parquet directory (default: WORKSPACE/parquet)")
+    target: str = Field(..., description="database URL, e.g. duckdb:///data/deepcvr.duckdb")
+    replace: bool = Field(False, description="replace tables that exist with another shape")
+    enforce_keys_max_rows: int = Field(
+        200_000_000,
+        ge=0,
+        description="enforce PRIMARY/FOREIGN KEY constraints on tables up to this many rows; "
+        "larger tables get keys declared in the catalogue and verified by queries",
+    )
+
+
+@op("load.database", LoadParams)
+def load_op(ctx: OpContext, params: LoadParams) -> dict[str, Any]:
+    """Bulk-load the 3NF Parquet tables into the target database, then key and verify them."""
+    from deepcvr.load.database import run_load
+
+    return run_load(ctx, params)

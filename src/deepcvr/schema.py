@@ -1,0 +1,249 @@
+"""The one definition of the 3NF model: Parquet schemas and every SQL dialect's DDL come from here."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pyarrow as pa
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    type: str  # a logical type, a key of ARROW_TYPES / SQL_TYPES
+    nullable: bool = False
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class ForeignKey:
+    columns: tuple[str, ...]
+    ref_table: str
+    ref_columns: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Table:
+    name: str
+    columns: tuple[Column, ...]
+    primary_key: tuple[str, ...]
+    foreign_keys: tuple[ForeignKey, ...] = ()
+    per_split: bool = True  # stored under parquet/{split}/{name}/ (field is global)
+    description: str = ""
+
+    @property
+    def column_names(self) -> list[str]:
+        return [c.name for c in self.columns]
+
+    def arrow_schema(self) -> pa.Schema:
+        return pa.schema(
+            [pa.field(c.name, ARROW_TYPES[c.type], nullable=c.nullable) for c in self.columns]
+        )
+
+
+ARROW_TYPES: dict[str, pa.DataType] = {
+    "split": pa.string(),
+    "field_id": pa.string(),
+    "text": pa.string(),
+    "index16": pa.string(),
+    "bool": pa.bool_(),
+    "int8": pa.int8(),
+    "int16": pa.int16(),
+    "int32": pa.int32(),
+    "int64": pa.int64(),
+    "float64": pa.float64(),
+}
+
+# Per-dialect SQL types. Values stay DOUBLE everywhere: Ali-CCP's log-scaled counts must not be
+# rounded (the original DeepCVR used DOUBLE(8,2) and lost digits).
+SQL_TYPES: dict[str, dict[str, str]] = {
+    "duckdb": {
+        "split": "VARCHAR",
+        "field_id": "VARCHAR",
+        "text": "VARCHAR",
+        "index16": "VARCHAR",
+        "bool": "BOOLEAN",
+        "int8": "TINYINT",
+        "int16": "SMALLINT",
+        "int32": "INTEGER",
+        "int64": "BIGINT",
+        "float64": "DOUBLE",
+    },
+    "mysql": {
+        "split": "VARCHAR(5)",
+        "field_id": "VARCHAR(16)",
+        "text": "TEXT",
+        "index16": "CHAR(16)",
+        "bool": "BOOLEAN",
+        "int8": "TINYINT",
+        "int16": "SMALLINT",
+        "int32": "INT",
+        "int64": "BIGINT",
+        "float64": "DOUBLE",
+    },
+    "postgresql": {
+        "split": "VARCHAR(5)",
+        "field_id": "VARCHAR(16)",
+        "text": "TEXT",
+        "index16": "CHAR(16)",
+        "bool": "BOOLEAN",
+        "int8": "SMALLINT",
+        "int16": "SMALLINT",
+        "int32": "INTEGER",
+        "int64": "BIGINT",
+        "float64": "DOUBLE PRECISION",
+    },
+}
+
+FIELD = Table(
+    "field",
+    (
+        Column("field_id", "field_id", description="raw field id, e.g. 150_14"),
+        Column("name", "text"),
+        Column("entity", "text", description="user / item / combination / context"),
+        Column("multi_valued", "bool"),
+        Column("description", "text"),
+    ),
+    primary_key=("field_id",),
+    per_split=False,
+    description="the 23 Ali-CCP fields",
+)
+
+FEATURE = Table(
+    "feature",
+    (Column("feature_id", "int32"), Column("field_id", "field_id")),
+    primary_key=("feature_id",),
+    foreign_keys=(ForeignKey(("field_id",), "field", ("field_id",)),),
+    description="every feature id seen, with the one field it belongs to",
+)
+
+COMMON_FEATURE_GROUP = Table(
+    "common_feature_group",
+    (
+        Column("split", "split"),
+        Column("common_feature_index", "index16"),
+        Column("num_features", "int32", description="declared feature_num of the raw line"),
+    ),
+    primary_key=("split", "common_feature_index"),
+    description="a row of common_features_{split}.csv: a user-side feature snapshot",
+)
+
+COMMON_FEATURE = Table(
+    "common_feature",
+    (
+        Column("split", "split"),
+        Column("common_feature_index", "index16"),
+        Column("position", "int16", description="0-based place of the structure in its raw list"),
+        Column("feature_id", "int32"),
+        Column("value", "float64"),
+    ),
+    primary_key=("split", "common_feature_index", "position"),
+    foreign_keys=(
+        ForeignKey(
+            ("split", "common_feature_index"),
+            "common_feature_group",
+            ("split", "common_feature_index"),
+        ),
+        ForeignKey(("feature_id",), "feature", ("feature_id",)),
+    ),
+)
+
+SAMPLE = Table(
+    "sample",
+    (
+        Column("split", "split"),
+        Column("sample_id", "int64"),
+        Column("click", "int8"),
+        Column("conversion", "int8"),
+        Column("common_feature_index", "index16"),
+        Column("num_features", "int32", description="declared feature_num of the raw line"),
+    ),
+    primary_key=("split", "sample_id"),
+    foreign_keys=(
+        ForeignKey(
+            ("split", "common_feature_index"),
+            "common_feature_group",
+            ("split", "common_feature_index"),
+        ),
+    ),
+    description="an ad impression of sample_skeleton_{split}.csv",
+)
+
+SAMPLE_FEATURE = Table(
+    "sample_feature",
+    (
+        Column("split", "split"),
+        Column("sample_id", "int64"),
+        Column("position", "int16", description="0-based place of the structure in its raw list"),
+        Column("feature_id", "int32"),
+        Column("value", "float64"),
+    ),
+    primary_key=("split", "sample_id", "position"),
+    foreign_keys=(
+        ForeignKey(("split", "sample_id"), "sample", ("split", "sample_id")),
+        ForeignKey(("feature_id",), "feature", ("feature_id",)),
+    ),
+)
+
+REJECTS = Table(
+    "rejects",
+    (
+        Column("split", "split"),
+        Column("file", "text"),
+        Column("line", "int64", description="1-based line number in the raw file"),
+        Column("byte_offset", "int64", description="offset of the line's first byte"),
+        Column("position", "int16", nullable=True, description="structure place, if one"),
+        Column("reason", "text"),
+        Column("action", "text", description="rejected (not loaded) or flagged (loaded)"),
+        Column("structures", "int32", description="raw structures this reject accounts for"),
+        Column("detail", "text", nullable=True),
+        Column("raw", "text", nullable=True, description="the raw text, truncated"),
+    ),
+    primary_key=("split", "file", "line", "reason", "position"),
+    description="every line or structure that was not loaded as is, with the reason",
+)
+
+# Load order: referenced tables first.
+MODEL: tuple[Table, ...] = (
+    FIELD,
+    FEATURE,
+    COMMON_FEATURE_GROUP,
+    COMMON_FEATURE,
+    SAMPLE,
+    SAMPLE_FEATURE,
+)
+TABLES: dict[str, Table] = {t.name: t for t in (*MODEL, REJECTS)}
+
+
+def create_table_sql(
+    table: Table, dialect: str, name: str | None = None, with_keys: bool = False
+) -> str:
+    """CREATE TABLE for `dialect`; keys are normally added after the bulk load."""
+    types = SQL_TYPES[dialect]
+    cols = [f"{c.name} {types[c.type]}{'' if c.nullable else ' NOT NULL'}" for c in table.columns]
+    if (
+        with_keys
+        and table.primary_key
+        and not any(c.nullable for c in table.columns if c.name in table.primary_key)
+    ):
+        cols.append(f"PRIMARY KEY ({', '.join(table.primary_key)})")
+    return f"CREATE TABLE {name or table.name} ({', '.join(cols)})"
+
+
+def primary_key_sql(table: Table, dialect: str, name: str | None = None) -> str:
+    return f"ALTER TABLE {name or table.name} ADD PRIMARY KEY ({', '.join(table.primary_key)})"
+
+
+def foreign_key_sql(
+    table: Table,
+    fk: ForeignKey,
+    dialect: str,
+    name: str | None = None,
+    ref_name: str | None = None,
+) -> str:
+    constraint = f"fk_{table.name}_{'_'.join(fk.columns)}"
+    return (
+        f"ALTER TABLE {name or table.name} ADD CONSTRAINT {constraint} "
+        f"FOREIGN KEY ({', '.join(fk.columns)}) "
+        f"REFERENCES {ref_name or fk.ref_table} ({', '.join(fk.ref_columns)})"
+    )

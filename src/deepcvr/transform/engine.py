@@ -1,0 +1,419 @@
+"""The local transform engine: raw CSVs -> 3NF Parquet, chunked, parallel, resumable.
+
+Per split: the common file first (its keys are needed for the orphan check), then the skeleton;
+then cross-chunk post-passes (duplicate keys, feature/field conflicts) re-parse only the chunks
+they affect; then the feature table, accounting and a manifest that marks the split complete.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass, field
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from deepcvr import __version__
+from deepcvr.aliccp import FIELDS, SPLITS, raw_files, split_dir, splits_present
+from deepcvr.errors import DataError
+from deepcvr.fsutil import atomic_file, remove_temp_leftovers
+from deepcvr.progress import progress
+from deepcvr.transform.chunks import (
+    ChunkSpec,
+    ChunkVerdicts,
+    part_path,
+    plan_chunks,
+    read_manifest,
+    run_chunk,
+)
+from deepcvr.transform.parse import DUPLICATE_COMMON_INDEX, DUPLICATE_SAMPLE_ID, Kind
+from deepcvr.transform.registry import FeatureRegistry
+
+log = logging.getLogger("deepcvr")
+
+MANIFEST = "_manifest.json"
+SETTINGS = "_settings.json"
+COMMON_INDEX = "_common_index.parquet"
+ROW_TABLE = {"common": "common_feature_group", "skeleton": "sample"}
+FEATURE_TABLE = {"common": "common_feature", "skeleton": "sample_feature"}
+
+
+@dataclass
+class TransformOptions:
+    workers: int = field(default_factory=lambda: os.cpu_count() or 1)
+    chunk_bytes: int = 16 << 20
+    max_reject_ratio: float = 0.001
+    compression: str = "zstd"
+    force: bool = False
+
+
+class ChunkRunner:
+    """Runs chunks in worker processes (or inline for one worker), yielding in submission order."""
+
+    def __init__(self, workers: int) -> None:
+        self.workers = workers
+        self.pool: ProcessPoolExecutor | None = None
+        if workers > 1:
+            # Spawned workers get a fresh Polars thread pool sized so workers x threads = cores;
+            # forking a process that already runs Polars threads can deadlock.
+            threads = max(1, (os.cpu_count() or 1) // workers)
+            saved = os.environ.get("POLARS_MAX_THREADS")
+            os.environ["POLARS_MAX_THREADS"] = str(threads)
+            try:
+                self.pool = ProcessPoolExecutor(workers, mp_context=get_context("spawn"))
+                # Start the workers now, while the variable is set.
+                list(self.pool.map(_noop, range(workers)))
+            finally:
+                if saved is None:
+                    os.environ.pop("POLARS_MAX_THREADS", None)
+                else:
+                    os.environ["POLARS_MAX_THREADS"] = saved
+
+    def run(
+        self, jobs: Iterable[tuple[ChunkSpec, tuple[Any, ...]]]
+    ) -> Iterator[tuple[ChunkSpec, dict[str, Any]]]:
+        if self.pool is None:
+            for spec, args in jobs:
+                yield spec, run_chunk(spec, *args)
+            return
+        pending: deque[tuple[ChunkSpec, Future[dict[str, Any]]]] = deque()
+        for spec, args in jobs:
+            pending.append((spec, self.pool.submit(run_chunk, spec, *args)))
+            if len(pending) > 2 * self.workers:  # bounded: memory does not grow with input
+                head, fut = pending.popleft()
+                yield head, fut.result()
+        while pending:
+            head, fut = pending.popleft()
+            yield head, fut.result()
+
+    def close(self, cancel: bool = False) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=cancel)
+            self.pool = None
+
+
+def _noop(_: int) -> None:
+    return None
+
+
+@dataclass
+class SplitState:
+    split: str
+    out: Path
+    files: dict[Kind, Path]
+    specs: dict[Kind, list[ChunkSpec]] = field(
+        default_factory=lambda: {"common": [], "skeleton": []}
+    )
+    stats: dict[str, dict[str, Any]] = field(default_factory=dict)  # chunk name -> stats
+    verdicts: dict[str, ChunkVerdicts] = field(default_factory=dict)
+    resumed: int = 0
+
+
+def transform(
+    raw_dir: Path,
+    out_dir: Path,
+    splits: list[str] | None = None,
+    options: TransformOptions | None = None,
+) -> dict[str, Any]:
+    """Transform every requested split found in `raw_dir`; returns a summary per split."""
+    options = options or TransformOptions()
+    if not raw_dir.is_dir():
+        raise DataError(f"{raw_dir}: raw directory not found; run the decompress step first")
+    present = splits_present(raw_dir)
+    wanted = splits or present
+    missing = [s for s in wanted if s not in present]
+    if missing or not wanted:
+        names = ", ".join(
+            f"{c.name} + {k.name}" for s in (missing or SPLITS) for c, k in [raw_files(raw_dir, s)]
+        )
+        raise DataError(
+            f"{raw_dir}: no raw files for {', '.join(missing) or 'any split'} "
+            f"(expected {names}); check the path or run decompress"
+        )
+    _writable(out_dir)
+    start = time.monotonic()
+    runner = ChunkRunner(options.workers)
+    registry = FeatureRegistry()
+    _preload_other_splits(registry, out_dir, wanted)
+    states = []
+    try:
+        for split in wanted:
+            states.append(_transform_split(split, raw_dir, out_dir, options, runner, registry))
+        _resolve_feature_conflicts(states, options, runner, registry)
+        _write_field_table(out_dir, options)
+        summary = {s.split: _finish_split(s, registry, options) for s in states}
+    except BaseException:
+        runner.close(cancel=True)
+        remove_temp_leftovers(out_dir)
+        raise
+    runner.close()
+    seconds = time.monotonic() - start
+    total = sum(v["accounting"]["bytes"] for v in summary.values())
+    return {
+        "splits": summary,
+        "seconds": round(seconds, 3),
+        "mb_per_s": round(total / 1e6 / seconds, 1) if seconds else None,
+        "workers": options.workers,
+    }
+
+
+def _writable(out_dir: Path) -> None:
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        probe = out_dir / ".write-probe"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise DataError(
+            f"{out_dir}: output directory is not writable ({err.strerror}); choose another"
+        ) from None
+
+
+def _settings(state_files: dict[Kind, Path], options: TransformOptions) -> dict[str, Any]:
+    return {
+        "version": __version__,
+        "chunk_bytes": options.chunk_bytes,
+        "files": {
+            kind: {"path": str(p.resolve()), "bytes": p.stat().st_size, "mtime": p.stat().st_mtime}
+            for kind, p in state_files.items()
+        },
+    }
+
+
+def _prepare(out: Path, settings: dict[str, Any], force: bool) -> None:
+    """Keep completed chunks only when they came from the same input and settings (resume)."""
+    settings_file = out / SETTINGS
+    same = False
+    if settings_file.exists() and not force:
+        try:
+            same = json.loads(settings_file.read_text()) == settings
+        except ValueError:
+            same = False
+    if not same and out.exists():
+        shutil.rmtree(out)
+    remove_temp_leftovers(out)
+    (out / MANIFEST).unlink(missing_ok=True)
+    with atomic_file(settings_file) as tmp:
+        tmp.write_text(json.dumps(settings))
+
+
+def _transform_split(
+    split: str,
+    raw_dir: Path,
+    out_dir: Path,
+    options: TransformOptions,
+    runner: ChunkRunner,
+    registry: FeatureRegistry,
+) -> SplitState:
+    common, skeleton = raw_files(split_dir(raw_dir, split), split)
+    state = SplitState(split, out_dir / split, {"common": common, "skeleton": skeleton})
+    _prepare(state.out, _settings(state.files, options), options.force)
+    _run_kind(state, "common", options, runner, registry, common_index=None)
+    _redo_duplicates(state, "common", options, runner, registry, common_index=None)
+    index_file = _write_common_index(state)
+    _run_kind(state, "skeleton", options, runner, registry, common_index=index_file)
+    _redo_duplicates(state, "skeleton", options, runner, registry, common_index=index_file)
+    return state
+
+
+def _run_kind(
+    state: SplitState,
+    kind: Kind,
+    options: TransformOptions,
+    runner: ChunkRunner,
+    registry: FeatureRegistry,
+    common_index: str | None,
+) -> None:
+    path = state.files[kind]
+    args = (str(state.out), common_index, None, options.compression)
+
+    def jobs(advance: Callable[[int], None]) -> Iterator[tuple[ChunkSpec, tuple[Any, ...]]]:
+        for spec in plan_chunks(path, state.split, kind, options.chunk_bytes):
+            state.specs[kind].append(spec)
+            done = read_manifest(state.out, spec)
+            if done is not None:
+                state.stats[spec.name] = done
+                state.resumed += 1
+                _merge_features(state, spec, registry)
+                advance(spec.length)
+                continue
+            yield spec, args
+
+    with progress(f"transform {path.name}", path.stat().st_size, unit="B") as advance:
+        for spec, stats in runner.run(jobs(advance)):
+            state.stats[spec.name] = stats
+            _merge_features(state, spec, registry)
+            advance(spec.length)
+
+
+def _merge_features(state: SplitState, spec: ChunkSpec, registry: FeatureRegistry) -> None:
+    pairs = pl.read_parquet(part_path(state.out, "_features", spec))
+    losers = registry.merge(state.split, pairs)
+    if not losers.is_empty():
+        verdicts = state.verdicts.setdefault(spec.name, ChunkVerdicts())
+        verdicts.field_of.update(zip(losers["feature_id"], losers["winner"], strict=True))
+
+
+def _write_common_index(state: SplitState) -> str:
+    """The split's accepted common-feature indexes, read by skeleton chunks for the orphan check."""
+    target = state.out / "_common_index.parquet"
+    keys = pl.scan_parquet(state.out / "_keys" / "part-c*.parquet").select("key").collect()
+    with atomic_file(target) as tmp:
+        keys.write_parquet(tmp)
+    return str(target)
+
+
+def _redo_duplicates(
+    state: SplitState,
+    kind: Kind,
+    options: TransformOptions,
+    runner: ChunkRunner,
+    registry: FeatureRegistry,
+    common_index: str | None,
+) -> None:
+    """A key in two chunks: the first line keeps it; later chunks are parsed again to reject."""
+    specs = state.specs[kind]
+    ranges = sorted(
+        (state.stats[s.name]["key_min"], state.stats[s.name]["key_max"])
+        for s in specs
+        if state.stats[s.name]["key_min"] is not None
+    )
+    if all(prev[1] < nxt[0] for prev, nxt in zip(ranges, ranges[1:], strict=False)):
+        return  # sorted file: no two chunks can share a key
+    reason = DUPLICATE_SAMPLE_ID if kind == "skeleton" else DUPLICATE_COMMON_INDEX
+    dups = (
+        pl.scan_parquet(state.out / "_keys" / f"part-{kind[0]}*.parquet")
+        .filter(pl.col("key").is_duplicated())
+        .filter(pl.col("line") != pl.col("line").min().over("key"))
+        .select("line")
+        .collect()
+        .get_column("line")
+        .to_list()
+    )
+    if not dups:
+        return
+    by_chunk: dict[str, list[int]] = {}
+    for spec in specs:
+        end = spec.first_line + state.stats[spec.name]["lines"]
+        hits = [line for line in dups if spec.first_line <= line < end]
+        if hits:
+            by_chunk[spec.name] = hits
+    for name, lines in by_chunk.items():
+        verdicts = state.verdicts.setdefault(name, ChunkVerdicts())
+        verdicts.reject_lines.update(dict.fromkeys(lines, reason))
+    _reparse(
+        state, [s for s in specs if s.name in by_chunk], options, runner, registry, common_index
+    )
+
+
+def _reparse(
+    state: SplitState,
+    specs: list[ChunkSpec],
+    options: TransformOptions,
+    runner: ChunkRunner,
+    registry: FeatureRegistry,
+    common_index: str | None,
+) -> None:
+    for spec in specs:
+        registry.forget(state.split, pl.read_parquet(part_path(state.out, "_features", spec)))
+    jobs = [
+        (
+            spec,
+            (
+                str(state.out),
+                common_index if spec.kind == "skeleton" else None,
+                state.verdicts.get(spec.name),
+                options.compression,
+            ),
+        )
+        for spec in specs
+    ]
+    for spec, stats in runner.run(jobs):
+        state.stats[spec.name] = stats
+        _merge_features(state, spec, registry)
+
+
+def _resolve_feature_conflicts(
+    states: list[SplitState],
+    options: TransformOptions,
+    runner: ChunkRunner,
+    registry: FeatureRegistry,
+) -> None:
+    """Parse again the chunks where a feature id showed up under a losing field."""
+    for state in states:
+        names = {name for name, v in state.verdicts.items() if v.field_of}
+        if not names:
+            continue
+        specs = [s for kind in ("common", "skeleton") for s in state.specs[kind] if s.name in names]
+        log.info(
+            "%s: %d chunk(s) hold feature/field conflicts; parsing them again",
+            state.split,
+            len(specs),
+        )
+        _reparse(state, specs, options, runner, registry, str(state.out / COMMON_INDEX))
+
+
+def _preload_other_splits(registry: FeatureRegistry, out_dir: Path, wanted: list[str]) -> None:
+    for split in SPLITS:
+        table = out_dir / split / "feature"
+        if split not in wanted and (out_dir / split / MANIFEST).exists() and table.exists():
+            registry.preload(pl.read_parquet(table / "*.parquet"))
+
+
+def _write_field_table(out_dir: Path, options: TransformOptions) -> None:
+    frame = pl.DataFrame(
+        {
+            "field_id": [f.field_id for f in FIELDS],
+            "name": [f.name for f in FIELDS],
+            "entity": [f.entity for f in FIELDS],
+            "multi_valued": [f.multi_valued for f in FIELDS],
+            "description": [f.description for f in FIELDS],
+        }
+    )
+    with atomic_file(out_dir / "field" / "part-00000.parquet") as tmp:
+        frame.write_parquet(tmp, compression=options.compression)
+
+
+def _finish_split(
+    state: SplitState, registry: FeatureRegistry, options: TransformOptions
+) -> dict[str, Any]:
+    from deepcvr.transform.accounting import account_split
+
+    features = registry.feature_table(state.split)
+    with atomic_file(state.out / "feature" / "part-00000.parquet") as tmp:
+        features.write_parquet(tmp, compression=options.compression)
+    summary = account_split(state, options)
+    with atomic_file(state.out / MANIFEST) as tmp:
+        tmp.write_text(json.dumps(summary, indent=2, default=str))
+    return summary
+
+
+def run_transform(ctx: Any, params: Any) -> dict[str, Any]:
+    """Entry point of the `transform.aliccp` op and the `deepcvr transform` command."""
+    raw_dir = Path(params.input) if params.input else ctx.workspace / "raw"
+    out_dir = Path(params.output) if params.output else ctx.workspace / "parquet"
+    if params.engine == "spark":
+        from deepcvr.transform.spark_engine import run_spark_transform
+
+        return run_spark_transform(raw_dir, out_dir, params)
+    options = TransformOptions(
+        workers=params.workers or os.cpu_count() or 1,
+        chunk_bytes=max(1, int(params.chunk_mb * 1_000_000)),
+        max_reject_ratio=params.max_reject_ratio,
+        force=ctx.force,
+    )
+    summary = transform(raw_dir, out_dir, params.split, options)
+    if ctx.store is not None:
+        for split, info in summary["splits"].items():
+            ctx.store.record(ctx.run_id, ctx.task, "accounting", split, info["accounting"])
+            ctx.store.record(ctx.run_id, ctx.task, "rejects", split, info["rejects"])
+    return summary

@@ -1,0 +1,34 @@
+"""Pipeline op `transform.aliccp`: raw Ali-CCP CSVs -> the six 3NF tables as Parquet."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field
+
+from deepcvr.pipeline.ops import OpContext, OpParams, op
+
+
+class TransformParams(OpParams):
+    input: str | None = Field(None, description="raw directory (default: WORKSPACE/raw)")
+    output: str | None = Field(None, description="Parquet directory (default: WORKSPACE/parquet)")
+    split: list[Literal["train", "test"]] | None = Field(
+        None, description="splits to transform (default: every split present)"
+    )
+    engine: Literal["local", "spark"] = Field("local", description="transform engine")
+    workers: int | None = Field(None, ge=1, description="parallel workers (default: all cores)")
+    chunk_mb: float = Field(16.0, gt=0, description="bytes of raw CSV per chunk, in MB")
+    max_reject_ratio: float = Field(
+        0.001, ge=0, le=1, description="fail when rejected lines exceed this share of lines"
+    )
+    spark: dict[str, str] = Field(
+        default_factory=dict, description="Spark settings, e.g. {spark.master: 'local[*]'}"
+    )
+
+
+@op("transform.aliccp", TransformParams)
+def transform_op(ctx: OpContext, params: TransformParams) -> dict[str, Any]:
+    """Parse raw Ali-CCP CSVs into 3NF Parquet tables, with rejects and accounting."""
+    from deepcvr.transform.engine import run_transform
+
+    return run_transform(ctx, params)

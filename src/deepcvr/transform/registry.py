@@ -1,0 +1,104 @@
+"""Which field each feature id belongs to, decided across all chunks in file order.
+
+`field_id` depends on `feature_id` alone (3NF), so a feature id seen under a second field is a
+data error: the first occurrence (common file before skeleton, then by line) wins and the later
+structures are rejected. A dense array indexed by feature id keeps this O(pairs) per chunk.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+
+from deepcvr.aliccp import FIELDS
+
+FIELD_ORDER = [f.field_id for f in FIELDS]
+CODE_OF = {f: i for i, f in enumerate(FIELD_ORDER)}
+UNSEEN = -1
+
+
+class FeatureRegistry:
+    def __init__(self) -> None:
+        self.code = np.full(1 << 20, UNSEEN, dtype=np.int8)
+        self.refs: dict[str, np.ndarray] = {}  # split -> chunks referencing each feature id
+
+    def _grow(self, max_id: int) -> None:
+        if max_id < len(self.code):
+            return
+        size = len(self.code)
+        while size <= max_id:
+            size *= 2
+        grown = np.full(size, UNSEEN, dtype=np.int8)
+        grown[: len(self.code)] = self.code
+        self.code = grown
+        for split, refs in self.refs.items():
+            more = np.zeros(size, dtype=np.int32)
+            more[: len(refs)] = refs
+            self.refs[split] = more
+
+    def _split_refs(self, split: str) -> np.ndarray:
+        if split not in self.refs:
+            self.refs[split] = np.zeros(len(self.code), dtype=np.int32)
+        return self.refs[split]
+
+    @staticmethod
+    def _arrays(pairs: pl.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+        ids = pairs.get_column("feature_id").to_numpy().astype(np.int64)
+        codes = (
+            pairs.get_column("field_id")
+            .replace_strict(FIELD_ORDER, list(range(len(FIELD_ORDER))), return_dtype=pl.Int8)
+            .to_numpy()
+        )
+        return ids, codes
+
+    def merge(self, split: str, pairs: pl.DataFrame) -> pl.DataFrame:
+        """Add a chunk's distinct (feature_id, field_id) pairs, in file order.
+
+        Returns the pairs that lose to an earlier field, with the winning field."""
+        if pairs.is_empty():
+            return pairs.with_columns(winner=pl.lit(None, dtype=pl.String))
+        ids, codes = self._arrays(pairs)
+        self._grow(int(ids.max()))
+        current = self.code[ids]
+        fresh = current == UNSEEN
+        self.code[ids[fresh]] = codes[fresh]
+        self._split_refs(split)[ids] += 1
+        winners = self.code[ids]
+        lost = winners != codes
+        return pl.DataFrame(
+            {
+                "feature_id": ids[lost].astype(np.int32),
+                "field_id": pairs.get_column("field_id").filter(pl.Series(lost)),
+                "winner": [FIELD_ORDER[c] for c in winners[lost]],
+            },
+            schema={"feature_id": pl.Int32, "field_id": pl.String, "winner": pl.String},
+        )
+
+    def forget(self, split: str, pairs: pl.DataFrame) -> None:
+        """Undo a chunk's references before it is parsed again (its winners stay decided)."""
+        if pairs.is_empty():
+            return
+        ids, _ = self._arrays(pairs)
+        self._split_refs(split)[ids] -= 1
+
+    def preload(self, pairs: pl.DataFrame) -> None:
+        """Decisions made earlier (another split's feature table) win over anything new."""
+        if pairs.is_empty():
+            return
+        ids, codes = self._arrays(pairs)
+        self._grow(int(ids.max()))
+        fresh = self.code[ids] == UNSEEN
+        self.code[ids[fresh]] = codes[fresh]
+
+    def feature_table(self, split: str) -> pl.DataFrame:
+        """Every feature id the split's loaded structures reference, with its field."""
+        refs = self._split_refs(split)
+        ids = np.flatnonzero(refs[: len(self.code)] > 0)
+        codes = self.code[ids]
+        return pl.DataFrame(
+            {
+                "feature_id": ids.astype(np.int32),
+                "field_id": np.array(FIELD_ORDER, dtype=object)[codes].tolist(),
+            },
+            schema={"feature_id": pl.Int32, "field_id": pl.String},
+        )
