@@ -9,7 +9,8 @@ import typer
 from typer.main import get_command
 from typer.testing import CliRunner
 
-from deepcvr.cli import ErrorHandlingGroup, add_op_command, app
+from deepcvr.cli import ErrorHandlingGroup, app
+from deepcvr.cliparams import add_op_command
 from deepcvr.extract.ops import DecompressParams
 from deepcvr.load.ops import LoadParams
 from deepcvr.synth_op import GenerateParams
@@ -109,8 +110,36 @@ def test_status_and_history(write_pipeline, tmp_path, calls, monkeypatch):
     assert "pipeline st" in result.stdout and "failed" in result.stdout
     assert "first" in result.stdout and "second" in result.stdout and "boom" in result.stdout
 
-    assert runner.invoke(app, ["run", str(path), "--set", "tasks.second.with.fail=none"]).exit_code == 0
+    assert (
+        runner.invoke(app, ["run", str(path), "--set", "tasks.second.with.fail=none"]).exit_code
+        == 0
+    )
     history = runner.invoke(app, ["history", "--workspace", "data/one"])
     assert history.exit_code == 0
     assert history.stdout.count(" st ") == 2
     assert "succeeded" in history.stdout and "failed" in history.stdout
+
+
+def test_traceback_only_with_verbose(tmp_path, calls):
+    sub = _sub_app({})
+    args = ["step", "--fail", "bug", "--workspace", str(tmp_path)]
+    assert "Traceback" not in runner.invoke(app, ["-q", "status"]).output  # resets logging
+    quiet = runner.invoke(sub, args)
+    assert "Traceback" not in quiet.stderr
+    from deepcvr.logsetup import setup_logging
+
+    setup_logging(verbose=True)
+    try:
+        loud = runner.invoke(sub, args)
+    finally:
+        setup_logging()
+    assert "Traceback" in loud.stderr and "ValueError: boom" in loud.stderr
+
+
+def test_interrupt_exits_130(write_pipeline, calls):
+    path = write_pipeline(
+        "name: i\nworkspace: '{ws}'\ntasks:\n  a: {op: test.step, with: {fail: interrupt}}\n"
+    )
+    result = runner.invoke(app, ["run", str(path)])
+    assert result.exit_code == 130
+    assert result.stderr.splitlines()[-1] == "error: interrupted"

@@ -28,7 +28,9 @@ def _human(n: float, unit: str) -> str:
 
 
 @contextmanager
-def progress(description: str, total: int | None, unit: str = "B") -> Iterator[Callable[[int], None]]:
+def progress(
+    description: str, total: int | None, unit: str = "B"
+) -> Iterator[Callable[[int], None]]:
     """Yield `advance(n)`; thread-safe, so workers may report from threads."""
     lock = threading.Lock()
     if _is_tty():
@@ -44,7 +46,9 @@ def progress(description: str, total: int | None, unit: str = "B") -> Iterator[C
             TransferSpeedColumn,
         )
 
-        amount = (DownloadColumn(), TransferSpeedColumn()) if unit == "B" else (MofNCompleteColumn(),)
+        amount = (
+            (DownloadColumn(), TransferSpeedColumn()) if unit == "B" else (MofNCompleteColumn(),)
+        )
         with Progress(
             TextColumn("[bold]{task.description}"),
             BarColumn(),
@@ -87,5 +91,11 @@ def _log_line(
     verb = "done" if final else "progress"
     log.info(
         "%s %s: %s%s%s, %s/s, %.1f s",
-        description, verb, _human(done, unit), of, share, _human(rate, unit), elapsed,
+        description,
+        verb,
+        _human(done, unit),
+        of,
+        share,
+        _human(rate, unit),
+        elapsed,
     )

@@ -1,4 +1,4 @@
-"""The one definition of the 3NF model: Parquet schemas and every SQL dialect's DDL come from here."""
+"""The one definition of the 3NF model: Parquet schemas and every dialect's DDL come from here."""
 
 from __future__ import annotations
 

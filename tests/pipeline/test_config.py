@@ -177,11 +177,12 @@ def test_env_values_are_masked_in_view_and_store(write_pipeline, monkeypatch, ca
     monkeypatch.setenv("DEEPCVR_TEST_URL", "postgresql://bob:hunter22@db/x")
     path = write_pipeline(
         "name: secret\nworkspace: '{ws}'\n"
-        "params: {url: 'mysql://u:literal-pw@h/db'}\n"
+        "params: {url: 'mysql://u:literal-pw@h/db', pw: '${env:DEEPCVR_TEST_PW}'}\n"
         "tasks:\n"
         "  a: {op: test.step, with: {target: 'postgresql://u:${env:DEEPCVR_TEST_PW}@h/db'}}\n"
         "  b: {op: test.step, with: {target: '${env:DEEPCVR_TEST_URL}'}}\n"
         "  c: {op: test.step, with: {target: '${params.url}'}}\n"
+        "  d: {op: test.step, with: {target: 'x://u:${params.pw}@h', tag: '${params.pw}'}}\n"
     )
     p = load_pipeline(path)
     assert p.task_params["a"].target == "postgresql://u:s3cr3t-pw@h/db"
@@ -189,6 +190,8 @@ def test_env_values_are_masked_in_view_and_store(write_pipeline, monkeypatch, ca
     assert p.masked["tasks"]["b"]["with"]["target"] == "***"
     assert p.masked["tasks"]["c"]["with"]["target"] == "mysql://u:***@h/db"
     assert p.masked["params"]["url"] == "mysql://u:***@h/db"
+    assert p.masked["tasks"]["d"]["with"] == {"target": "x://u:***@h", "tag": "***"}
+    assert p.task_params["d"].tag == "s3cr3t-pw"
     result = run_pipeline(p, table=False)
     assert result.status == "succeeded"
     store = MetadataStore.for_workspace(p.workspace)
@@ -218,10 +221,14 @@ def test_json_schema_lists_ops_and_validates(write_pipeline):
     good = {"name": "x", "tasks": {"a": {"op": "test.step", "with": {"count": 2}}}}
     jsonschema.validate(good, schema)
     with pytest.raises(jsonschema.ValidationError):
-        jsonschema.validate({"name": "x", "tasks": {"a": {"op": "test.step", "with": {"z": 1}}}}, schema)
+        jsonschema.validate(
+            {"name": "x", "tasks": {"a": {"op": "test.step", "with": {"z": 1}}}}, schema
+        )
 
 
 def test_validate_schema_command():
     result = CliRunner().invoke(app, ["validate", "--schema"])
     assert result.exit_code == 0
-    assert "test.step" in json.loads(result.stdout)["$defs"]["TaskConfig"]["properties"]["op"]["enum"]
+    assert (
+        "test.step" in json.loads(result.stdout)["$defs"]["TaskConfig"]["properties"]["op"]["enum"]
+    )

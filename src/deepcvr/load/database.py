@@ -19,8 +19,9 @@ if TYPE_CHECKING:
 SUPPORTED = "duckdb:///PATH"
 
 
-def load(parquet_dir: Path, target: str, replace: bool = False,
-         enforce_keys_max_rows: int = 200_000_000) -> dict[str, Any]:
+def load(
+    parquet_dir: Path, target: str, replace: bool = False, enforce_keys_max_rows: int = 200_000_000
+) -> dict[str, Any]:
     try:
         url = make_url(target)
     except ArgumentError:

@@ -75,8 +75,9 @@ def load_duckdb(
         os.replace(tmp, path)
     except duckdb.Error as err:
         con.close()
-        raise TargetError(f"{path}: load failed, previous database left as it was ({err})".replace(
-            "\n", " ")) from None
+        raise TargetError(
+            f"{path}: load failed, previous database left as it was ({err})".replace("\n", " ")
+        ) from None
     finally:
         for leftover in (tmp, Path(f"{tmp}.wal")):
             leftover.unlink(missing_ok=True)
@@ -113,8 +114,8 @@ def _build(
     for table in (*MODEL, REJECTS):
         if table.name in old and old[table.name] != table.column_names and not replace:
             raise TargetError(
-                f"{path}: table {table.name} exists with another shape ({', '.join(old[table.name])})"
-                "; pass --replace to replace it"
+                f"{path}: table {table.name} exists with another shape "
+                f"({', '.join(old[table.name])}); pass --replace to replace it"
             )
     keep_old = {t.name for t in (*MODEL, REJECTS) if old.get(t.name) == t.column_names}
     splits = ", ".join(f"'{s}'" for s in inp.splits)
@@ -178,8 +179,12 @@ def _build(
         "ref_table VARCHAR, ref_columns VARCHAR, enforced BOOLEAN, violations BIGINT)"
     )
     con.executemany(f"INSERT INTO {KEYS_TABLE} VALUES (?, ?, ?, ?, ?, ?, ?)", catalogue)
-    return {"target": f"duckdb:///{path}", "splits": list(inp.splits), "tables": tables,
-            "checks": checks}
+    return {
+        "target": f"duckdb:///{path}",
+        "splits": list(inp.splits),
+        "tables": tables,
+        "checks": checks,
+    }
 
 
 def _feature_union(source: str, with_old: bool) -> str:

@@ -18,7 +18,7 @@ _REF = re.compile(r"\$\$\{|\$\{([^}]*)\}")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 # Env values are masked as *** in the structured view; in free text (errors, logs) only those
 # that look secret are masked, so paths read from the environment stay readable.
-_SECRET_ENV = re.compile(r"PASS|SECRET|TOKEN|KEY|CREDENTIAL|AUTH|PWD", re.IGNORECASE)
+_SECRET_ENV = re.compile(r"PASS|SECRET|TOKEN|KEY|CREDENTIAL|AUTH|(^|_)PWD?(_|$)", re.IGNORECASE)
 _URL_PW = re.compile(r"://[^\s:/@]*:([^\s/@]+)@")
 
 

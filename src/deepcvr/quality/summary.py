@@ -31,8 +31,10 @@ def summarize(target: str) -> dict[str, Any]:
         raise TargetError(f"{path}: database not found; run the load step first")
     con = duckdb.connect(str(path), read_only=True)
     try:
-        rows = {t.name: con.execute(f"SELECT count(*) FROM {t.name}").fetchone()[0]  # type: ignore[index]
-                for t in (*MODEL, REJECTS)}
+        rows = {
+            t.name: con.execute(f"SELECT count(*) FROM {t.name}").fetchone()[0]  # type: ignore[index]
+            for t in (*MODEL, REJECTS)
+        }
         labels = con.execute(LABELS_SQL).fetchall()
     finally:
         con.close()
@@ -63,7 +65,12 @@ def print_summary(summary: dict[str, Any], console: Console | None = None) -> No
         labels.add_column(col, justify="right")
     for split, s in summary["splits"].items():
         labels.add_row(
-            split, f"{s['impressions']:,}", f"{s['clicks']:,}", f"{s['ctr']:.3%}",
-            f"{s['conversions']:,}", f"{s['cvr']:.4%}", f"{s['conversions_without_click']:,}",
+            split,
+            f"{s['impressions']:,}",
+            f"{s['clicks']:,}",
+            f"{s['ctr']:.3%}",
+            f"{s['conversions']:,}",
+            f"{s['cvr']:.4%}",
+            f"{s['conversions_without_click']:,}",
         )
     console.print(labels)

@@ -59,10 +59,7 @@ def plan_chunks(path: Path, split: str, kind: Kind, chunk_bytes: int) -> Iterato
             block = f.read(chunk_bytes)
             while pos + len(block) < size and block.rfind(b"\n") == -1:
                 block += f.read(SCAN_BLOCK)  # a line longer than a chunk: extend to its end
-            if pos + len(block) >= size:
-                length = size - pos
-            else:
-                length = block.rfind(b"\n") + 1
+            length = size - pos if pos + len(block) >= size else block.rfind(b"\n") + 1
             lines = block.count(b"\n", 0, length)
             at_end = pos + length >= size
             if at_end and not block[:length].endswith(b"\n"):

@@ -7,6 +7,7 @@ they affect; then the feature table, accounting and a manifest that marks the sp
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -287,7 +288,7 @@ def _redo_duplicates(
         for s in specs
         if state.stats[s.name]["key_min"] is not None
     )
-    if all(prev[1] < nxt[0] for prev, nxt in zip(ranges, ranges[1:], strict=False)):
+    if all(prev[1] < nxt[0] for prev, nxt in itertools.pairwise(ranges)):
         return  # sorted file: no two chunks can share a key
     reason = DUPLICATE_SAMPLE_ID if kind == "skeleton" else DUPLICATE_COMMON_INDEX
     dups = (

@@ -1,0 +1,136 @@
+"""DuckDB target: keys and foreign keys in place, rebuilt raw lines match, atomic and idempotent."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from deepcvr.errors import DataError, TargetError
+from deepcvr.load.database import load
+from deepcvr.synth import generate
+from deepcvr.transform.engine import TransformOptions, transform
+from tests.helpers import REAL_COMMON, read_raw, rebuild
+
+
+@pytest.fixture(scope="module")
+def parquet(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    raw = tmp_path_factory.mktemp("raw")
+    for split, seed in (("train", 3), ("test", 4)):
+        generate(raw / split, 2500, split, seed=seed)
+    out = tmp_path_factory.mktemp("parquet")
+    transform(raw, out, None, TransformOptions(workers=2, chunk_bytes=200_000))
+    return raw, out
+
+
+def test_every_raw_line_is_rebuilt_exactly(parquet: tuple[Path, Path], tmp_path: Path) -> None:
+    raw, out = parquet
+    db = tmp_path / "d.duckdb"
+    summary = load(out, f"duckdb:///{db}")
+    assert {c["ok"] for c in summary["checks"]} == {True}
+    con = duckdb.connect(str(db), read_only=True)
+    for split in ("train", "test"):
+        for kind, name in (("skeleton", "sample_skeleton"), ("common", "common_features")):
+            lines = read_raw(raw / split / f"{name}_{split}.csv", kind)
+            rebuilt = rebuild(con, split, kind)
+            assert rebuilt == {k: v for k, (_, v) in lines.items()}
+        n = con.execute("SELECT sum(num_features) FROM sample WHERE split = ?", [split]).fetchone()
+        m = con.execute("SELECT count(*) FROM sample_feature WHERE split = ?", [split]).fetchone()
+        assert n == m
+
+
+def test_keys_and_foreign_keys_exist(parquet: tuple[Path, Path], tmp_path: Path) -> None:
+    db = tmp_path / "d.duckdb"
+    load(parquet[1], f"duckdb:///{db}")
+    con = duckdb.connect(str(db), read_only=True)
+    constraints = con.execute(
+        "SELECT table_name, constraint_type, constraint_column_names::VARCHAR[] "
+        "FROM duckdb_constraints() WHERE constraint_type IN ('PRIMARY KEY', 'FOREIGN KEY')"
+    ).fetchall()
+    names = {(t, k, tuple(c)) for t, k, c in constraints}
+    assert ("sample_feature", "PRIMARY KEY", ("split", "sample_id", "position")) in names
+    assert ("sample_feature", "FOREIGN KEY", ("split", "sample_id")) in names
+    assert ("sample_feature", "FOREIGN KEY", ("feature_id",)) in names
+    assert ("common_feature", "FOREIGN KEY", ("split", "common_feature_index")) in names
+    assert ("sample", "FOREIGN KEY", ("split", "common_feature_index")) in names
+    assert ("feature", "FOREIGN KEY", ("field_id",)) in names
+    with pytest.raises(duckdb.ConstraintException):
+        con.close()
+        con = duckdb.connect(str(db))
+        con.execute("INSERT INTO sample_feature VALUES ('train', 987654321, 0, 1, 1.0)")
+
+
+def test_large_tables_get_keys_verified_by_query(
+    parquet: tuple[Path, Path], tmp_path: Path
+) -> None:
+    db = tmp_path / "d.duckdb"
+    summary = load(parquet[1], f"duckdb:///{db}", enforce_keys_max_rows=1000)
+    assert summary["tables"]["sample_feature"]["keys"] == "verified by queries"
+    assert summary["tables"]["field"]["keys"] == "enforced"
+    con = duckdb.connect(str(db), read_only=True)
+    keys = con.execute(
+        "SELECT table_name, kind, enforced, violations FROM deepcvr_keys "
+        "WHERE table_name = 'sample_feature'"
+    ).fetchall()
+    assert ("sample_feature", "PRIMARY KEY", False, 0) in keys
+
+
+def test_idempotent_and_keeps_other_split(parquet: tuple[Path, Path], tmp_path: Path) -> None:
+    _raw, out = parquet
+    db = tmp_path / "d.duckdb"
+    only_train = tmp_path / "train_only"
+    shutil.copytree(out, only_train, ignore=shutil.ignore_patterns("test"))
+    only_test = tmp_path / "test_only"
+    shutil.copytree(out, only_test, ignore=shutil.ignore_patterns("train"))
+    load(only_train, f"duckdb:///{db}")
+    load(only_test, f"duckdb:///{db}")
+    twice = load(only_test, f"duckdb:///{db}")
+    both = tmp_path / "both.duckdb"
+    once = load(out, f"duckdb:///{both}")
+    assert {t: i["rows"] for t, i in twice["tables"].items()} == {
+        t: i["rows"] for t, i in once["tables"].items()
+    }
+
+
+def test_failed_load_leaves_previous_database(parquet: tuple[Path, Path], tmp_path: Path) -> None:
+    db = tmp_path / "d.duckdb"
+    load(parquet[1], f"duckdb:///{db}")
+    before = db.read_bytes()
+    broken = tmp_path / "broken"
+    shutil.copytree(parquet[1], broken)
+    shutil.rmtree(broken / "train" / "sample")
+    with pytest.raises(DataError, match="table sample is missing"):
+        load(broken, f"duckdb:///{db}")
+    assert db.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".tmp-")] == []
+
+
+def test_unwritable_target_is_one_line_error(parquet: tuple[Path, Path], tmp_path: Path) -> None:
+    target = tmp_path / "dir.duckdb"
+    target.mkdir()
+    with pytest.raises(TargetError, match="is a directory"):
+        load(parquet[1], f"duckdb:///{target}")
+    (tmp_path / "ro").mkdir()
+    blocker = tmp_path / "ro" / "file"
+    blocker.write_text("")
+    with pytest.raises(TargetError, match="cannot create"):
+        load(parquet[1], f"duckdb:///{blocker}/sub/d.duckdb")
+
+
+def test_real_fixture_round_trip(tmp_path: Path) -> None:
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    shutil.copy(REAL_COMMON, raw / "common_features_train.csv")
+    (raw / "sample_skeleton_train.csv").write_text(
+        "1,1,0,84dceed2e3a667f8,2,205\x02123\x031.0\x01301\x029\x031.0\n"
+        "2,0,0,0000350f0c2121e7,1,205\x02124\x031.0\n"
+    )
+    out = tmp_path / "out"
+    transform(raw, out, None, TransformOptions(workers=1))
+    db = tmp_path / "d.duckdb"
+    load(out, f"duckdb:///{db}")
+    con = duckdb.connect(str(db), read_only=True)
+    expected = {k: v for k, (_, v) in read_raw(REAL_COMMON, "common").items()}
+    assert rebuild(con, "train", "common") == expected
