@@ -116,11 +116,14 @@ def validate(
 
 # Stage commands: built from the op params models, so a new field is a new option.
 add_op_command(app, "generate", "synth.generate", {"out": "OUT_DIR"})
+add_op_command(app, "download", "extract.download", {"source": "SOURCE", "output": "OUT_DIR"})
 add_op_command(
     app, "decompress", "extract.decompress", {"source": "ARCHIVE_DIR", "output": "RAW_DIR"}
 )
 add_op_command(app, "transform", "transform.aliccp", {"input": "RAW_DIR", "output": "OUT_DIR"})
 add_op_command(app, "load", "load.database", {"input": "PARQUET_DIR"})
+add_op_command(app, "report", "quality.report")
+add_op_command(app, "sample", "sample.stratified", {"input": "RAW_DIR", "output": "OUT_DIR"})
 
 
 # --- status and history -----------------------------------------------------------------------

@@ -11,8 +11,8 @@ import pytest
 
 from deepcvr.errors import DataError
 from deepcvr.synth import generate
-from deepcvr.transform import parse as P
-from deepcvr.transform.chunks import plan_chunks
+from deepcvr.transform import reasons as P
+from deepcvr.transform.chunks import RawSource, plan_chunks
 from deepcvr.transform.engine import TransformOptions, transform
 from tests.helpers import read_raw
 
@@ -46,11 +46,9 @@ def read_tables(out: Path, split: str = "train") -> dict[str, pl.DataFrame]:
     return frames
 
 
-@pytest.fixture(scope="module")
-def raw(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def make_raw(d: Path, samples: int) -> Path:
     """Generated data with bad lines appended: duplicates across chunks, conflicts, rejects."""
-    d = tmp_path_factory.mktemp("raw")
-    generate(d, 3000, "train", seed=5)
+    generate(d, samples, "train", seed=5)
     skeleton = d / "sample_skeleton_train.csv"
     common = d / "common_features_train.csv"
     first_index = common.read_text().split(",", 1)[0]
@@ -62,11 +60,23 @@ def raw(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return d
 
 
+@pytest.fixture(scope="module")
+def raw(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_raw(tmp_path_factory.mktemp("raw"), 3000)
+
+
+@pytest.fixture(scope="module")
+def small_raw(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_raw(tmp_path_factory.mktemp("small"), 150)
+
+
 def test_chunk_plan_covers_every_byte_and_line(raw: Path) -> None:
     path = raw / "sample_skeleton_train.csv"
     data = path.read_bytes()
     for chunk_bytes in (1, 7, 100, 4096, 10**9):
-        specs = list(plan_chunks(path, "train", "skeleton", chunk_bytes))
+        planned = list(plan_chunks(RawSource(str(path)), "train", "skeleton", chunk_bytes))
+        specs = [spec for spec, _ in planned]
+        assert b"".join(chunk for _, chunk in planned) == data
         assert specs[0].start == 0 and specs[0].first_line == 1
         for a, b in itertools.pairwise(specs):
             assert a.start + a.length == b.start
@@ -75,12 +85,15 @@ def test_chunk_plan_covers_every_byte_and_line(raw: Path) -> None:
         assert specs[-1].start + specs[-1].length == len(data) and specs[-1].at_file_end
 
 
-def test_output_is_identical_whatever_workers_and_chunk_size(raw: Path, tmp_path: Path) -> None:
+def test_output_is_identical_whatever_workers_and_chunk_size(
+    small_raw: Path, tmp_path: Path
+) -> None:
+    """Chunks smaller than a line and boundaries inside lines change nothing."""
     results = {}
-    for workers, chunk_bytes in [(1, 10**9), (1, 50), (2, 30_000), (2, 1)]:
+    for workers, chunk_bytes in [(1, 10**9), (1, 50), (2, 3_000), (2, 1)]:
         out = tmp_path / f"w{workers}-c{chunk_bytes}"
         transform(
-            raw,
+            small_raw,
             out,
             ["train"],
             TransformOptions(workers=workers, chunk_bytes=chunk_bytes, max_reject_ratio=1.0),
@@ -172,3 +185,22 @@ def test_missing_raw_files_is_one_line_error(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="no raw files") as err:
         transform(tmp_path, tmp_path / "out", ["test"], TransformOptions(workers=1))
     assert "\n" not in str(err.value)
+
+
+def test_stage_raw_off_reads_archives_with_identical_output(tmp_path: Path) -> None:
+    archives = tmp_path / "archives"
+    generate(archives, 1500, "train", seed=9, archive=True)
+    raw = tmp_path / "raw" / "train"
+    generate(raw, 1500, "train", seed=9)
+    staged = tmp_path / "staged"
+    transform(raw.parent, staged, None, TransformOptions(workers=2, chunk_bytes=50_000))
+    streamed = tmp_path / "streamed"
+    summary = transform(
+        archives, streamed, None,
+        TransformOptions(workers=2, chunk_bytes=50_000, stage_raw=False),
+    )
+    assert summary["splits"]["train"]["accounting"]["lines"] > 1500
+    assert not list(tmp_path.glob("streamed/**/*.csv"))
+    a, b = read_tables(staged), read_tables(streamed)
+    for table in TABLES:
+        assert a[table].equals(b[table]), table

@@ -5,7 +5,7 @@ from __future__ import annotations
 import polars as pl
 import pytest
 
-from deepcvr.transform import parse as P
+from deepcvr.transform import reasons as P
 from deepcvr.transform.parse import ChunkContext, parse_chunk
 from tests.helpers import REAL_COMMON, raw_structures
 

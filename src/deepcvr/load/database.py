@@ -2,48 +2,133 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
-from deepcvr.errors import ConfigError
+from deepcvr.errors import ConfigError, TargetError
 from deepcvr.load.parquet_input import inspect_parquet
+from deepcvr.load.verify import Query
 from deepcvr.secrets import mask_url
 
 if TYPE_CHECKING:
     from deepcvr.load.ops import LoadParams
+    from deepcvr.load.sql_target import ServerTarget
     from deepcvr.pipeline.ops import OpContext
 
-SUPPORTED = "duckdb:///PATH"
+SUPPORTED = (
+    "duckdb:///PATH, mysql+pymysql://USER[:PASSWORD]@HOST[:PORT]/DB or "
+    "postgresql+psycopg://USER[:PASSWORD]@HOST[:PORT]/DB"
+)
+# URL scheme -> (target kind, the drivers we speak); a bare scheme means our driver.
+_SCHEMES = {
+    "duckdb": ("duckdb", ("",)),
+    "mysql": ("mysql", ("", "pymysql")),
+    "mariadb": ("mysql", ("", "pymysql")),
+    "postgresql": ("postgresql", ("", "psycopg")),
+}
+_DRIVER = {"duckdb": "duckdb", "mysql": "mysql+pymysql", "postgresql": "postgresql+psycopg"}
 
 
-def load(
-    parquet_dir: Path, target: str, replace: bool = False, enforce_keys_max_rows: int = 200_000_000
-) -> dict[str, Any]:
+def parse_target(target: str) -> tuple[str, URL]:
+    """(kind, URL) of a target: kind is duckdb, mysql or postgresql; else a one-line error."""
+    shown = mask_url(target)
     try:
         url = make_url(target)
     except ArgumentError:
+        raise ConfigError(f"target {shown!r} is not a database URL; use {SUPPORTED}") from None
+    scheme, _, driver = url.drivername.partition("+")
+    if scheme not in _SCHEMES:
+        raise ConfigError(f"target {shown!r}: unsupported database {scheme!r}; use {SUPPORTED}")
+    kind, drivers = _SCHEMES[scheme]
+    if driver not in drivers:
         raise ConfigError(
-            f"target {mask_url(target)!r} is not a database URL; use {SUPPORTED}"
-        ) from None
-    backend = url.get_backend_name()
-    if backend == "duckdb":
+            f"target {shown!r}: driver {driver!r} is not supported; use {_DRIVER[kind]}://"
+        )
+    if not url.database:
+        raise ConfigError(f"target {shown!r} names no database; use {SUPPORTED}")
+    return kind, url
+
+
+def connect_server(target: str, allow_slow_insert: bool = False) -> ServerTarget:
+    """A connected MySQL/MariaDB or PostgreSQL target (connect timeout 10 s)."""
+    kind, url = parse_target(target)
+    shown = mask_url(target)
+    if kind == "mysql":
+        from deepcvr.load.mysql_target import MySQLTarget
+
+        return MySQLTarget.connect(url, shown, allow_slow_insert)
+    if kind == "postgresql":
+        from deepcvr.load.postgres_target import PostgresTarget
+
+        return PostgresTarget.connect(url, shown)
+    raise ConfigError(f"target {shown!r} is not a server database")
+
+
+def load(
+    parquet_dir: Path,
+    target: str,
+    replace: bool = False,
+    enforce_keys_max_rows: int = 200_000_000,
+    allow_slow_insert: bool = False,
+) -> dict[str, Any]:
+    kind, url = parse_target(target)
+    inp = inspect_parquet(parquet_dir)  # before any connection: bad input changes nothing
+    if kind == "duckdb":
         from deepcvr.load.duckdb_target import load_duckdb
 
-        if not url.database:
-            raise ConfigError(f"target {target!r} names no database file; use {SUPPORTED}")
-        inp = inspect_parquet(parquet_dir)
-        return load_duckdb(inp, Path(url.database), replace, enforce_keys_max_rows)
-    raise ConfigError(
-        f"target {mask_url(target)!r}: unsupported database {backend!r}; use {SUPPORTED}"
-    )
+        return load_duckdb(inp, Path(url.database or ""), replace, enforce_keys_max_rows)
+    from deepcvr.load.sql_target import load_server
+
+    server = connect_server(target, allow_slow_insert)
+    return load_server(server, inp, replace, enforce_keys_max_rows)
+
+
+@contextmanager
+def open_query(target: str) -> Iterator[Query]:
+    """A read-only `query(sql) -> rows` on any target; driver errors become TargetError."""
+    kind, url = parse_target(target)
+    shown = mask_url(target)
+    if kind == "duckdb":
+        import duckdb
+
+        path = Path(url.database or "")
+        if not path.is_file():
+            raise TargetError(f"{path}: database not found; run the load step first")
+        con = duckdb.connect(str(path), read_only=True)
+        errors: tuple[type[Exception], ...] = (duckdb.Error,)
+        run: Query = lambda sql: con.execute(sql).fetchall()  # noqa: E731
+        close = con.close
+    else:
+        server = connect_server(target)
+        errors, run, close = server.driver_errors, server.query, server.close
+
+    def query(sql: str) -> list[tuple[Any, ...]]:
+        try:
+            return list(run(sql))
+        except errors as err:
+            first = " ".join(str(err).split())
+            raise TargetError(f"{shown}: query failed ({first}); run the load step first") from None
+
+    try:
+        yield query
+    finally:
+        close()
 
 
 def run_load(ctx: OpContext, params: LoadParams) -> dict[str, Any]:
     parquet_dir = Path(params.input) if params.input else ctx.workspace / "parquet"
-    summary = load(parquet_dir, params.target, params.replace, params.enforce_keys_max_rows)
+    summary = load(
+        parquet_dir,
+        params.target,
+        params.replace,
+        params.enforce_keys_max_rows,
+        params.allow_slow_insert,
+    )
     if ctx.store is not None:
         for check in summary.get("checks", []):
             ctx.store.record(ctx.run_id, ctx.task, "load_check", check["name"], check)

@@ -11,13 +11,22 @@ from deepcvr.pipeline.ops import OpContext, OpParams, op
 
 class LoadParams(OpParams):
     input: str | None = Field(None, description="Parquet directory (default: WORKSPACE/parquet)")
-    target: str = Field(..., description="database URL, e.g. duckdb:///data/deepcvr.duckdb")
+    target: str = Field(
+        ...,
+        description="database URL: duckdb:///PATH, mysql+pymysql://USER@HOST[:PORT]/DB or "
+        "postgresql+psycopg://USER@HOST[:PORT]/DB (password via ${env:NAME})",
+    )
     replace: bool = Field(False, description="replace tables that exist with another shape")
     enforce_keys_max_rows: int = Field(
         200_000_000,
         ge=0,
         description="enforce PRIMARY/FOREIGN KEY constraints on tables up to this many rows; "
         "larger tables get keys declared in the catalogue and verified by queries",
+    )
+    allow_slow_insert: bool = Field(
+        False,
+        description="MySQL/MariaDB: if the server refuses LOAD DATA LOCAL INFILE "
+        "(local_infile=0), load with multi-row INSERT batches (much slower) instead of failing",
     )
 
 

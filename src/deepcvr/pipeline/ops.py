@@ -67,6 +67,7 @@ BUILTIN_OP_MODULES = (
     "deepcvr.transform.ops",
     "deepcvr.load.ops",
     "deepcvr.quality.ops",
+    "deepcvr.sample.ops",
 )
 
 

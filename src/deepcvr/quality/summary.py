@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table as RichTable
 
-from deepcvr.errors import ConfigError, TargetError
 from deepcvr.schema import MODEL, REJECTS
 
 LABELS_SQL = (
@@ -19,27 +17,18 @@ LABELS_SQL = (
 
 
 def summarize(target: str) -> dict[str, Any]:
-    from sqlalchemy.engine import make_url
+    """Rows per table and label rates per split of a loaded DuckDB, MySQL or PostgreSQL target."""
+    from deepcvr.load.database import open_query
 
-    url = make_url(target)
-    if url.get_backend_name() != "duckdb":
-        raise ConfigError(f"summary: unsupported target {url.get_backend_name()!r}")
-    import duckdb
-
-    path = Path(url.database or "")
-    if not path.is_file():
-        raise TargetError(f"{path}: database not found; run the load step first")
-    con = duckdb.connect(str(path), read_only=True)
-    try:
+    with open_query(target) as query:
         rows = {
-            t.name: con.execute(f"SELECT count(*) FROM {t.name}").fetchone()[0]  # type: ignore[index]
-            for t in (*MODEL, REJECTS)
+            t.name: int(query(f"SELECT count(*) FROM {t.name}")[0][0]) for t in (*MODEL, REJECTS)
         }
-        labels = con.execute(LABELS_SQL).fetchall()
-    finally:
-        con.close()
+        labels = query(LABELS_SQL)
     splits = {}
-    for split, n, clicks, conversions, orphan_conv in labels:
+    for split, n, clicks_, conversions_, orphan_conv in labels:
+        # MySQL returns sum() as DECIMAL: make every count an int before dividing.
+        clicks, conversions = int(clicks_), int(conversions_)
         splits[split] = {
             "impressions": n,
             "clicks": int(clicks),

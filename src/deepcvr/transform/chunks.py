@@ -9,9 +9,10 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import polars as pl
 
@@ -22,10 +23,39 @@ SCAN_BLOCK = 1 << 20  # how far to read past a chunk's nominal end to find a new
 
 
 @dataclass(frozen=True)
+class RawSource:
+    """A raw CSV: a file on disk, or a member of an archive read as a stream (stage_raw off)."""
+
+    path: str
+    member: str | None = None
+
+    @property
+    def name(self) -> str:
+        return self.member or os.path.basename(self.path)
+
+    @contextmanager
+    def open(self) -> Iterator[BinaryIO]:
+        if self.member is None:
+            with open(self.path, "rb") as f:
+                yield f
+        else:
+            from deepcvr.extract.members import open_member
+
+            with open_member(Path(self.path), self.member) as reader:
+                yield reader  # type: ignore[misc]
+
+    def fingerprint(self) -> dict[str, Any]:
+        st = os.stat(self.path)
+        return {"path": os.path.abspath(self.path), "member": self.member,
+                "bytes": st.st_size, "mtime": st.st_mtime}
+
+
+@dataclass(frozen=True)
 class ChunkSpec:
     split: str
     kind: Kind
     path: str
+    member: str | None
     seq: int
     start: int
     length: int
@@ -36,6 +66,10 @@ class ChunkSpec:
     def name(self) -> str:
         return f"{self.kind[0]}{self.seq:05d}"
 
+    @property
+    def source(self) -> RawSource:
+        return RawSource(self.path, self.member)
+
 
 @dataclass
 class ChunkVerdicts:
@@ -45,29 +79,71 @@ class ChunkVerdicts:
     field_of: dict[int, str] = field(default_factory=dict)
 
 
-def plan_chunks(path: Path, split: str, kind: Kind, chunk_bytes: int) -> Iterator[ChunkSpec]:
-    """Yield line-aligned chunks of about `chunk_bytes`; a longer line makes a longer chunk.
+def plan_chunks(
+    source: RawSource, split: str, kind: Kind, chunk_bytes: int
+) -> Iterator[tuple[ChunkSpec, bytes]]:
+    """Yield line-aligned chunks of about `chunk_bytes` with their bytes, reading sequentially.
 
-    Reads the file once sequentially to find boundaries and count lines (cheap next to parsing),
-    so every chunk knows the number of its first line.
+    A chunk ends after the last newline within its first `chunk_bytes` bytes (a longer line makes
+    a longer chunk); the file's end closes the last one. Counting newlines on the way gives
+    every chunk the number of its first line.
     """
-    size = path.stat().st_size
-    pos, line, seq = 0, 1, 0
-    with path.open("rb") as f:
-        while pos < size:
-            f.seek(pos)
-            block = f.read(chunk_bytes)
-            while pos + len(block) < size and block.rfind(b"\n") == -1:
-                block += f.read(SCAN_BLOCK)  # a line longer than a chunk: extend to its end
-            length = size - pos if pos + len(block) >= size else block.rfind(b"\n") + 1
-            lines = block.count(b"\n", 0, length)
-            at_end = pos + length >= size
-            if at_end and not block[:length].endswith(b"\n"):
-                lines += 1  # a final line without a newline is still a line
-            yield ChunkSpec(split, kind, str(path), seq, pos, length, line, at_end)
-            pos += length
-            line += lines
+    line, seq, pos = 1, 0, 0
+    buf = b""  # bytes read but not yet handed out start at buf[off]
+    off = 0
+    eof = False
+
+    def fill(size: int) -> None:
+        nonlocal buf, off, eof
+        more = f.read(size)
+        eof = not more
+        buf = buf[off:] + more  # compact only when reading, so slicing chunks stays cheap
+        off = 0
+
+    with source.open() as f:
+        while True:
+            while not eof and len(buf) - off < chunk_bytes:
+                fill(max(chunk_bytes - (len(buf) - off), SCAN_BLOCK))
+            if len(buf) == off:
+                return
+            if eof and len(buf) - off <= chunk_bytes:
+                end = len(buf)
+            else:
+                cut = buf.rfind(b"\n", off, off + chunk_bytes)
+                searched = off + chunk_bytes
+                while cut == -1:  # a line longer than a chunk: extend to its end
+                    cut = buf.find(b"\n", searched)
+                    if cut != -1 or eof:
+                        cut = len(buf) - 1 if cut == -1 else cut
+                        break
+                    searched = len(buf) - off  # fill() compacts: off becomes 0
+                    fill(SCAN_BLOCK)
+                end = cut + 1
+            data = buf[off:end]
+            off = end
+            if len(buf) == off and not eof:  # know whether this chunk ends the file
+                fill(SCAN_BLOCK)
+            at_end = eof and len(buf) == off
+            yield (
+                ChunkSpec(split, kind, source.path, source.member, seq, pos, len(data), line,
+                          at_end),
+                data,
+            )
+            line += data.count(b"\n") + (0 if data.endswith(b"\n") else 1)
+            pos += len(data)
             seq += 1
+
+
+def read_range(spec: ChunkSpec) -> bytes:
+    """A chunk's bytes again (post-pass re-parse); an archive member is streamed to the range."""
+    with spec.source.open() as f:
+        if spec.member is None:
+            f.seek(spec.start)  # type: ignore[attr-defined]
+        else:
+            skip = spec.start
+            while skip:
+                skip -= len(f.read(min(skip, 1 << 24)))
+        return f.read(spec.length)
 
 
 def part_path(out_split: Path, table: str, spec: ChunkSpec) -> Path:
@@ -86,13 +162,13 @@ def run_chunk(
     out_split: str,
     common_index_file: str | None = None,
     verdicts: ChunkVerdicts | None = None,
-    compression: str = "zstd",
+    compression: str = "snappy",
+    data: bytes | None = None,
 ) -> dict[str, Any]:
     """Parse one chunk and write its parts; returns the chunk's accounting stats."""
     out = Path(out_split)
-    with open(spec.path, "rb") as f:
-        f.seek(spec.start)
-        data = f.read(spec.length)
+    if data is None:
+        data = read_range(spec)
     common_indexes = None
     if common_index_file is not None:
         common_indexes = pl.read_parquet(common_index_file).get_column("key")
@@ -100,7 +176,7 @@ def run_chunk(
     ctx = ChunkContext(
         split=spec.split,
         kind=spec.kind,
-        file_name=os.path.basename(spec.path),
+        file_name=spec.source.name,
         first_line=spec.first_line,
         byte_offset=spec.start,
         at_file_end=spec.at_file_end,

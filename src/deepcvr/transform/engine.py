@@ -24,13 +24,23 @@ from typing import Any
 import polars as pl
 
 from deepcvr import __version__
-from deepcvr.aliccp import FIELDS, SPLITS, raw_files, split_dir, splits_present
+from deepcvr.aliccp import (
+    FIELDS,
+    SPLITS,
+    archive_name,
+    common_name,
+    raw_files,
+    skeleton_name,
+    split_dir,
+    splits_present,
+)
 from deepcvr.errors import DataError
 from deepcvr.fsutil import atomic_file, remove_temp_leftovers
 from deepcvr.progress import progress
 from deepcvr.transform.chunks import (
     ChunkSpec,
     ChunkVerdicts,
+    RawSource,
     part_path,
     plan_chunks,
     read_manifest,
@@ -53,8 +63,9 @@ class TransformOptions:
     workers: int = field(default_factory=lambda: os.cpu_count() or 1)
     chunk_bytes: int = 16 << 20
     max_reject_ratio: float = 0.001
-    compression: str = "zstd"
+    compression: str = "snappy"
     force: bool = False
+    stage_raw: bool = True  # False: read the CSVs straight from the archives in the input dir
 
 
 class ChunkRunner:
@@ -110,7 +121,7 @@ def _noop(_: int) -> None:
 class SplitState:
     split: str
     out: Path
-    files: dict[Kind, Path]
+    files: dict[Kind, RawSource]
     specs: dict[Kind, list[ChunkSpec]] = field(
         default_factory=lambda: {"common": [], "skeleton": []}
     )
@@ -127,19 +138,8 @@ def transform(
 ) -> dict[str, Any]:
     """Transform every requested split found in `raw_dir`; returns a summary per split."""
     options = options or TransformOptions()
-    if not raw_dir.is_dir():
-        raise DataError(f"{raw_dir}: raw directory not found; run the decompress step first")
-    present = splits_present(raw_dir)
-    wanted = splits or present
-    missing = [s for s in wanted if s not in present]
-    if missing or not wanted:
-        names = ", ".join(
-            f"{c.name} + {k.name}" for s in (missing or SPLITS) for c, k in [raw_files(raw_dir, s)]
-        )
-        raise DataError(
-            f"{raw_dir}: no raw files for {', '.join(missing) or 'any split'} "
-            f"(expected {names}); check the path or run decompress"
-        )
+    sources = find_sources(raw_dir, splits, options.stage_raw)
+    wanted = list(sources)
     _writable(out_dir)
     start = time.monotonic()
     runner = ChunkRunner(options.workers)
@@ -148,7 +148,9 @@ def transform(
     states = []
     try:
         for split in wanted:
-            states.append(_transform_split(split, raw_dir, out_dir, options, runner, registry))
+            states.append(
+                _transform_split(split, sources[split], out_dir, options, runner, registry)
+            )
         _resolve_feature_conflicts(states, options, runner, registry)
         _write_field_table(out_dir, options)
         summary = {s.split: _finish_split(s, registry, options) for s in states}
@@ -179,14 +181,11 @@ def _writable(out_dir: Path) -> None:
         ) from None
 
 
-def _settings(state_files: dict[Kind, Path], options: TransformOptions) -> dict[str, Any]:
+def _settings(state_files: dict[Kind, RawSource], options: TransformOptions) -> dict[str, Any]:
     return {
         "version": __version__,
         "chunk_bytes": options.chunk_bytes,
-        "files": {
-            kind: {"path": str(p.resolve()), "bytes": p.stat().st_size, "mtime": p.stat().st_mtime}
-            for kind, p in state_files.items()
-        },
+        "files": {kind: source.fingerprint() for kind, source in state_files.items()},
     }
 
 
@@ -207,16 +206,54 @@ def _prepare(out: Path, settings: dict[str, Any], force: bool) -> None:
         tmp.write_text(json.dumps(settings))
 
 
+def find_sources(
+    raw_dir: Path, splits: list[str] | None, stage_raw: bool
+) -> dict[str, dict[Kind, RawSource]]:
+    """The raw CSVs of each wanted split: files in `raw_dir` (or `raw_dir/{split}/`), or with
+    `stage_raw` off, members of the `sample_{split}.tar.gz` archives in `raw_dir`."""
+    if not raw_dir.is_dir():
+        what = "archive" if not stage_raw else "raw"
+        raise DataError(f"{raw_dir}: {what} directory not found; check the path")
+    if stage_raw:
+        present = splits_present(raw_dir)
+    else:
+        present = [s for s in SPLITS if (raw_dir / archive_name(s)).is_file()]
+    wanted = splits or present
+    missing = [s for s in wanted if s not in present]
+    if missing or not wanted:
+        if stage_raw:
+            names = ", ".join(
+                f"{c.name} + {k.name}" for s in (missing or SPLITS)
+                for c, k in [raw_files(raw_dir, s)]
+            )
+        else:
+            names = ", ".join(archive_name(s) for s in (missing or SPLITS))
+        raise DataError(
+            f"{raw_dir}: no raw files for {', '.join(missing) or 'any split'} "
+            f"(expected {names}); check the path or run decompress"
+        )
+    sources: dict[str, dict[Kind, RawSource]] = {}
+    for split in wanted:
+        if stage_raw:
+            common, skeleton = raw_files(split_dir(raw_dir, split), split)
+            sources[split] = {"common": RawSource(str(common)),
+                              "skeleton": RawSource(str(skeleton))}
+        else:
+            archive = str(raw_dir / archive_name(split))
+            sources[split] = {"common": RawSource(archive, common_name(split)),
+                              "skeleton": RawSource(archive, skeleton_name(split))}
+    return sources
+
+
 def _transform_split(
     split: str,
-    raw_dir: Path,
+    files: dict[Kind, RawSource],
     out_dir: Path,
     options: TransformOptions,
     runner: ChunkRunner,
     registry: FeatureRegistry,
 ) -> SplitState:
-    common, skeleton = raw_files(split_dir(raw_dir, split), split)
-    state = SplitState(split, out_dir / split, {"common": common, "skeleton": skeleton})
+    state = SplitState(split, out_dir / split, files)
     _prepare(state.out, _settings(state.files, options), options.force)
     _run_kind(state, "common", options, runner, registry, common_index=None)
     _redo_duplicates(state, "common", options, runner, registry, common_index=None)
@@ -234,11 +271,13 @@ def _run_kind(
     registry: FeatureRegistry,
     common_index: str | None,
 ) -> None:
-    path = state.files[kind]
+    source = state.files[kind]
     args = (str(state.out), common_index, None, options.compression)
+    # An archive member's size is known only once the stream reaches it.
+    total = None if source.member else os.path.getsize(source.path)
 
     def jobs(advance: Callable[[int], None]) -> Iterator[tuple[ChunkSpec, tuple[Any, ...]]]:
-        for spec in plan_chunks(path, state.split, kind, options.chunk_bytes):
+        for spec, data in plan_chunks(source, state.split, kind, options.chunk_bytes):
             state.specs[kind].append(spec)
             done = read_manifest(state.out, spec)
             if done is not None:
@@ -247,9 +286,9 @@ def _run_kind(
                 _merge_features(state, spec, registry)
                 advance(spec.length)
                 continue
-            yield spec, args
+            yield spec, (*args, data)
 
-    with progress(f"transform {path.name}", path.stat().st_size, unit="B") as advance:
+    with progress(f"transform {source.name}", total, unit="B") as advance:
         for spec, stats in runner.run(jobs(advance)):
             state.stats[spec.name] = stats
             _merge_features(state, spec, registry)
@@ -400,7 +439,8 @@ def _finish_split(
 
 def run_transform(ctx: Any, params: Any) -> dict[str, Any]:
     """Entry point of the `transform.aliccp` op and the `deepcvr transform` command."""
-    raw_dir = Path(params.input) if params.input else ctx.workspace / "raw"
+    default_input = "raw" if params.stage_raw else "external"
+    raw_dir = Path(params.input) if params.input else ctx.workspace / default_input
     out_dir = Path(params.output) if params.output else ctx.workspace / "parquet"
     if params.engine == "spark":
         from deepcvr.transform.spark_engine import run_spark_transform
@@ -411,6 +451,7 @@ def run_transform(ctx: Any, params: Any) -> dict[str, Any]:
         chunk_bytes=max(1, int(params.chunk_mb * 1_000_000)),
         max_reject_ratio=params.max_reject_ratio,
         force=ctx.force,
+        stage_raw=params.stage_raw,
     )
     summary = transform(raw_dir, out_dir, params.split, options)
     if ctx.store is not None:

@@ -21,6 +21,11 @@ class TransformParams(OpParams):
     max_reject_ratio: float = Field(
         0.001, ge=0, le=1, description="fail when rejected lines exceed this share of lines"
     )
+    stage_raw: bool = Field(
+        True,
+        description="false: read the CSVs straight from the sample_{split}.tar.gz archives in "
+        "the input directory (default WORKSPACE/external) without writing them to disk",
+    )
     spark: dict[str, str] = Field(
         default_factory=dict, description="Spark settings, e.g. {spark.master: 'local[*]'}"
     )

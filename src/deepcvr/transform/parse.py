@@ -6,81 +6,38 @@ no Python loop touches a row or a structure, except the rare invalid-UTF-8 line.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Literal
+from dataclasses import dataclass
 
 import numpy as np
 import polars as pl
 import pyarrow as pa
 
-from deepcvr.aliccp import FIELD_SEP, FIELDS, ITEM_SEP, VALUE_SEP
-
-Kind = Literal["common", "skeleton"]
-
-RAW_TEXT_LIMIT = 1000  # characters of raw text kept in a reject row
-MAX_POSITION = 32767  # positions are SMALLINT in every target
-
-_TOKEN = r"[^\x01\x02\x03]+"
-_STRUCT = f"{_TOKEN}\x02{_TOKEN}\x03{_TOKEN}"
-# A feature list whose every structure is well formed; lines failing it take the slow path.
-WELL_FORMED_LIST = f"^{_STRUCT}(?:\x01{_STRUCT})*$"
-WELL_FORMED_STRUCT = f"^{_STRUCT}$"
-INDEX16 = r"^[0-9a-f]{16}$"
-
-# Reason codes (the contract of the rejects table).
-INVALID_UTF8 = "invalid_utf8"
-TRUNCATED_LAST_LINE = "truncated_last_line"
-WRONG_COLUMN_COUNT = "wrong_column_count"
-BAD_SAMPLE_ID = "bad_sample_id"
-BAD_LABEL = "bad_label"
-LABEL_OUT_OF_RANGE = "label_out_of_range"
-BAD_COMMON_INDEX = "bad_common_index"
-BAD_FEATURE_NUM = "bad_feature_num"
-EMPTY_FEATURE_LIST = "empty_feature_list"
-TOO_MANY_STRUCTURES = "too_many_structures"
-DUPLICATE_SAMPLE_ID = "duplicate_sample_id"
-DUPLICATE_COMMON_INDEX = "duplicate_common_index"
-ORPHAN_COMMON_INDEX = "orphan_common_index"
-FEATURE_NUM_MISMATCH = "feature_num_mismatch"
-MALFORMED_STRUCTURE = "malformed_structure"
-UNKNOWN_FIELD = "unknown_field"
-BAD_FEATURE_ID = "bad_feature_id"
-BAD_VALUE = "bad_value"
-FEATURE_FIELD_CONFLICT = "feature_field_conflict"
-
-REJECTED = "rejected"
-FLAGGED = "flagged"
-
-SCHEMAS: dict[str, dict[str, pl.DataType]] = {
-    "rejects": {
-        "split": pl.String(),
-        "file": pl.String(),
-        "line": pl.Int64(),
-        "byte_offset": pl.Int64(),
-        "position": pl.Int16(),
-        "reason": pl.String(),
-        "action": pl.String(),
-        "structures": pl.Int32(),
-        "detail": pl.String(),
-        "raw": pl.String(),
-    },
-    "features": {"feature_id": pl.Int32(), "field_id": pl.String()},
-}
-
-
-@dataclass
-class ChunkContext:
-    """What a chunk is and what earlier passes decided about it."""
-
-    split: str
-    kind: Kind
-    file_name: str
-    first_line: int  # 1-based number of the chunk's first line
-    byte_offset: int  # offset of the chunk's first byte in the file
-    at_file_end: bool  # the chunk ends the file, so its last line may lack a newline
-    common_indexes: pl.Series | None = None  # the split's group keys, for the orphan check
-    reject_lines: dict[int, str] = field(default_factory=dict)  # line -> reason, from post-passes
-    field_of: dict[int, str] = field(default_factory=dict)  # feature_id -> field, from post-passes
+from deepcvr.aliccp import ITEM_SEP
+from deepcvr.transform.reasons import *  # noqa: F403  (the reason codes are part of this API)
+from deepcvr.transform.reasons import (
+    BAD_COMMON_INDEX,
+    BAD_FEATURE_NUM,
+    BAD_LABEL,
+    BAD_SAMPLE_ID,
+    DUPLICATE_COMMON_INDEX,
+    DUPLICATE_SAMPLE_ID,
+    EMPTY_FEATURE_LIST,
+    FEATURE_NUM_MISMATCH,
+    FLAGGED,
+    INDEX16,
+    INVALID_UTF8,
+    LABEL_OUT_OF_RANGE,
+    MAX_POSITION,
+    ORPHAN_COMMON_INDEX,
+    RAW_TEXT_LIMIT,
+    REJECTED,
+    SCHEMAS,
+    TOO_MANY_STRUCTURES,
+    TRUNCATED_LAST_LINE,
+    WRONG_COLUMN_COUNT,
+    ChunkContext,
+)
+from deepcvr.transform.structures import parse_structures
 
 
 @dataclass
@@ -208,7 +165,7 @@ def parse_chunk(data: bytes, ctx: ChunkContext) -> ChunkResult:
 
     good = cols.filter(pl.col("reason").is_null())
     bad = cols.filter(pl.col("reason").is_not_null())
-    structures, struct_rejects = _parse_structures(good, ctx)
+    structures, struct_rejects, features = parse_structures(good, ctx)
 
     split = pl.lit(ctx.split)
     if ctx.kind == "skeleton":
@@ -243,7 +200,6 @@ def parse_chunk(data: bytes, ctx: ChunkContext) -> ChunkResult:
         ],
         how="vertical",
     )
-    features = feature_pairs(structures)
     rejected_lines = rejects.filter(
         (pl.col("action") == REJECTED) & pl.col("position").is_null()
     ).height
@@ -322,125 +278,6 @@ def _mark_duplicates(cols: pl.DataFrame, ctx: ChunkContext) -> pl.DataFrame:
     first = pl.col(key).is_first_distinct().over(ok)
     return cols.with_columns(
         reason=pl.when(ok & ~first).then(pl.lit(reason)).otherwise(pl.col("reason"))
-    )
-
-
-FIELD_ENUM = pl.Enum([f.field_id for f in FIELDS])
-
-
-def _parse_structures(good: pl.DataFrame, ctx: ChunkContext) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """Explode accepted lines into structures; return (valid structures, structure rejects)."""
-    key = pl.col("sid") if ctx.kind == "skeleton" else pl.col("common_feature_index")
-    base = good.select(
-        key.alias("key"),
-        "line",
-        "byte_offset",
-        pl.col("feature_list").str.contains(WELL_FORMED_LIST).alias("well_formed"),
-        pl.col("feature_list").str.split(ITEM_SEP).alias("s"),
-    )
-    exploded = base.with_columns(
-        position=pl.int_ranges(pl.col("s").list.len(), dtype=pl.Int16)
-    ).explode("s", "position")
-    s = pl.col("s")
-    parsed = exploded.with_columns(
-        p2=s.str.find(FIELD_SEP, literal=True), p3=s.str.find(VALUE_SEP, literal=True)
-    ).with_columns(
-        field=s.str.slice(0, pl.col("p2")).cast(FIELD_ENUM, strict=False),
-        feature_id=s.str.slice(pl.col("p2") + 1, pl.col("p3") - pl.col("p2") - 1).cast(
-            pl.Int32, strict=False
-        ),
-        value=s.str.slice(pl.col("p3") + 1).cast(pl.Float64, strict=False),
-    )
-    c = pl.col
-    # Only structures of lines that failed the whole-list check need the per-structure check.
-    shape_ok = pl.when(c("well_formed")).then(True).otherwise(s.str.contains(WELL_FORMED_STRUCT))
-    if parsed.get_column("well_formed").all():
-        shape_ok = pl.lit(True)
-    reason = (
-        pl.when(~shape_ok)
-        .then(pl.lit(MALFORMED_STRUCTURE))
-        .when(c("field").is_null())
-        .then(pl.lit(UNKNOWN_FIELD))
-        .when(c("feature_id").is_null() | (c("feature_id") <= 0))
-        .then(pl.lit(BAD_FEATURE_ID))
-        .when(c("value").is_null() | ~c("value").is_finite())
-        .then(pl.lit(BAD_VALUE))
-        .otherwise(pl.lit(None, dtype=pl.String))
-    )
-    parsed = _mark_field_conflicts(parsed.with_columns(reason=reason), ctx)
-    valid = parsed.filter(c("reason").is_null()).select(
-        "key", "position", "field", "feature_id", "value"
-    )
-    rejected = parsed.filter(c("reason").is_not_null())
-    rejects = rejected.select(
-        pl.lit(ctx.split).alias("split"),
-        pl.lit(ctx.file_name).alias("file"),
-        "line",
-        "byte_offset",
-        "position",
-        "reason",
-        pl.lit(REJECTED).alias("action"),
-        pl.lit(1, dtype=pl.Int32).alias("structures"),
-        pl.when(c("reason") == FEATURE_FIELD_CONFLICT)
-        .then(pl.format("feature {} belongs to field {}", c("feature_id"), c("winner")))
-        .otherwise(pl.lit(None, dtype=pl.String))
-        .alias("detail"),
-        s.str.slice(0, RAW_TEXT_LIMIT).alias("raw"),
-    ).cast(SCHEMAS["rejects"])  # type: ignore[arg-type]
-    return valid, rejects
-
-
-def feature_pairs(structures: pl.DataFrame) -> pl.DataFrame:
-    """Distinct (feature_id, field_id) of valid structures, via one packed-integer unique."""
-    packed = (
-        structures.select(
-            (pl.col("feature_id").cast(pl.Int64) * 32 + pl.col("field").to_physical()).alias("k")
-        )
-        .get_column("k")
-        .unique()
-        .sort()
-    )
-    return pl.DataFrame(
-        {"feature_id": (packed // 32).cast(pl.Int32), "code": (packed % 32).cast(pl.UInt8)}
-    ).select(
-        "feature_id",
-        field_id=pl.col("code").replace_strict(
-            list(range(len(FIELDS))), [f.field_id for f in FIELDS], return_dtype=pl.String
-        ),
-    )
-
-
-def _mark_field_conflicts(parsed: pl.DataFrame, ctx: ChunkContext) -> pl.DataFrame:
-    """A feature id belongs to one field: the post-pass verdict, else the first seen, wins.
-
-    The full join runs only when this chunk really has a conflict (rare in real data)."""
-    c = pl.col
-    ok = parsed.filter(c("reason").is_null())
-    pairs = feature_pairs(ok)
-    conflicted = pairs.filter(c("feature_id").is_duplicated())
-    decided = pl.DataFrame(
-        {"feature_id": list(ctx.field_of), "winner": list(ctx.field_of.values())},
-        schema={"feature_id": pl.Int32, "winner": pl.String},
-    )
-    overruled = pairs.join(decided, on="feature_id").filter(c("field_id") != c("winner"))
-    if conflicted.is_empty() and overruled.is_empty():
-        return parsed.with_columns(winner=pl.lit(None, dtype=pl.String))
-    first_seen = (
-        ok.filter(c("feature_id").is_in(conflicted.get_column("feature_id").implode()))
-        .group_by("feature_id", maintain_order=True)
-        .agg(winner=c("field").first().cast(pl.String))
-    )
-    winners = pl.concat(
-        [decided, first_seen.join(decided, on="feature_id", how="anti")], how="vertical"
-    )
-    parsed = parsed.join(winners, on="feature_id", how="left", maintain_order="left")
-    conflict = (
-        c("reason").is_null()
-        & c("winner").is_not_null()
-        & (c("field").cast(pl.String) != c("winner"))
-    )
-    return parsed.with_columns(
-        reason=pl.when(conflict).then(pl.lit(FEATURE_FIELD_CONFLICT)).otherwise(c("reason"))
     )
 
 

@@ -1,0 +1,470 @@
+"""HTML building blocks of the report: page shell with inline CSS, sections, tables, figures.
+
+Plain string templates (no template engine dependency); every value passes through `escape`.
+The page declares a Content-Security-Policy that forbids any network load, so even a future
+mistake cannot make a viewer's browser fetch something.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from html import escape
+from typing import Any
+
+from deepcvr.quality import plots
+
+CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:"
+
+CSS = """
+:root { --fg: #1f2328; --muted: #59636e; --line: #d1d9e0; --bg2: #f6f8fa; }
+* { box-sizing: border-box; }
+body { margin: 0; color: var(--fg); background: #fff;
+  font: 14px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, "DejaVu Sans", sans-serif; }
+header { padding: 20px 32px 12px; border-bottom: 1px solid var(--line); background: var(--bg2); }
+header h1 { margin: 0 0 4px; font-size: 22px; }
+header p { margin: 2px 0; color: var(--muted); }
+nav { padding: 8px 32px; border-bottom: 1px solid var(--line); font-size: 13px; }
+nav a { margin-right: 14px; color: #0969da; text-decoration: none; }
+main { padding: 8px 32px 40px; max-width: 1240px; }
+section { margin-top: 22px; }
+h2 { font-size: 18px; border-bottom: 1px solid var(--line); padding-bottom: 4px; }
+h3 { font-size: 15px; margin: 16px 0 6px; }
+p.note { color: var(--muted); margin: 4px 0 10px; max-width: 900px; }
+table { border-collapse: collapse; margin: 6px 0 14px; font-size: 13px; }
+th, td { border: 1px solid var(--line); padding: 3px 8px; vertical-align: top; }
+td { white-space: nowrap; } td.wrap { white-space: normal; }
+th { background: var(--bg2); text-align: left; font-weight: 600; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
+tbody tr:nth-child(even) td { background: #fbfcfd; }
+td code { font-size: 12px; word-break: break-all; }
+.ok { color: #1a7f37; font-weight: 600; }
+.bad { color: #cf222e; font-weight: 600; }
+.warn { color: #9a6700; font-weight: 600; }
+figure { margin: 8px 0 16px; }
+section > figure { max-width: 860px; }
+figcaption { color: var(--muted); font-size: 12px; margin-top: 2px; }
+.grid2 { display: grid; grid-template-columns: repeat(2, minmax(0, 1fr)); gap: 8px 24px; }
+.grid3 { display: grid; grid-template-columns: repeat(3, minmax(0, 1fr)); gap: 6px 18px; }
+svg.plot { width: 100%; height: auto; display: block; }
+svg text { font-size: 11px; fill: var(--fg); }
+svg .tick { font-size: 10px; fill: var(--muted); }
+svg .axis-label, svg .legend { font-size: 11px; fill: var(--muted); }
+svg .value { font-size: 10px; fill: var(--muted); }
+svg .empty { fill: #8c959f; font-size: 13px; }
+svg .grid { stroke: #eaeef2; stroke-width: 1; }
+svg .axis { stroke: #59636e; stroke-width: 1; }
+svg .line { fill: none; stroke: #4c78a8; stroke-width: 1.6; }
+svg .dot { fill: #4c78a8; }
+svg .s0 { fill: #4c78a8; } svg .s1 { fill: #f58518; } svg .s2 { fill: #54a24b; }
+svg .s3 { fill: #b279a2; }
+.grid3 svg text { font-size: 15px; } .grid3 svg .tick { font-size: 14px; }
+.grid3 svg .axis-label { font-size: 14px; }
+@media (max-width: 900px) { .grid2, .grid3 { grid-template-columns: 1fr; } }
+"""
+
+
+def page(title: str, meta: Sequence[str], nav: Sequence[tuple[str, str]], body: str) -> str:
+    links = "".join(f'<a href="#{escape(i)}">{escape(t)}</a>' for i, t in nav)
+    lines = "".join(f"<p>{m}</p>" for m in meta)
+    return (
+        "<!DOCTYPE html>\n"
+        '<html lang="en"><head><meta charset="utf-8">'
+        f'<meta http-equiv="Content-Security-Policy" content="{CSP}">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>{escape(title)}</title><style>{CSS}</style></head>"
+        f"<body><header><h1>{escape(title)}</h1>{lines}</header>"
+        f"<nav>{links}</nav><main>{body}</main></body></html>\n"
+    )
+
+
+def section(section_id: str, title: str, note: str, *parts: str) -> str:
+    intro = f'<p class="note">{note}</p>' if note else ""
+    head = f'<section id="{escape(section_id)}"><h2>{escape(title)}</h2>{intro}'
+    return head + "".join(parts) + "</section>"
+
+
+def figure(svg: str, caption: str = "") -> str:
+    cap = f"<figcaption>{escape(caption)}</figcaption>" if caption else ""
+    return f"<figure>{svg}{cap}</figure>"
+
+
+class Cell:
+    """Pre-rendered (already escaped) HTML for a table cell, with an optional class."""
+
+    def __init__(self, html: str, cls: str = "") -> None:
+        self.html, self.cls = html, cls
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, Cell):
+        return (
+            f'<td class="{value.cls}">{value.html}</td>' if value.cls else f"<td>{value.html}</td>"
+        )
+    if value is None:
+        return '<td class="num">–</td>'
+    if isinstance(value, bool):
+        return f"<td>{'yes' if value else 'no'}</td>"
+    if isinstance(value, int):
+        return f'<td class="num">{value:,}</td>'
+    if isinstance(value, float):
+        return f'<td class="num">{value:,.4g}</td>'
+    return f"<td>{escape(str(value))}</td>"
+
+
+def table(table_id: str, headers: Sequence[str], rows: Sequence[Sequence[Any]], empty: str) -> str:
+    """A table with a stable id; an empty one still renders (one row saying so)."""
+    head = "".join(f"<th>{escape(h)}</th>" for h in headers)
+    if rows:
+        body = "".join("<tr>" + "".join(_cell(v) for v in row) + "</tr>" for row in rows)
+    else:
+        body = f'<tr><td colspan="{len(headers)}">{escape(empty)}</td></tr>'
+    return (
+        f'<table id="{escape(table_id)}"><thead><tr>{head}</tr></thead>'
+        f"<tbody>{body}</tbody></table>"
+    )
+
+
+def share(n: int, total: int) -> Cell:
+    """`1,234 (5.67%)`: a count with its share of a total."""
+    if not total:
+        return Cell(f"{n:,}", "num")
+    pct = 100 * n / total
+    text = f"{pct:.3g}%" if pct >= 0.01 or n == 0 else f"{pct:.2e}%"
+    return Cell(f"{n:,} <small>({text})</small>", "num")
+
+
+def pct(x: float | None, digits: int = 3) -> Cell:
+    return Cell("–" if x is None else f"{100 * x:.{digits}f}%", "num")
+
+
+def status(ok: bool, good: str = "holds", bad: str = "FAILS") -> Cell:
+    return Cell(escape(good), "ok") if ok else Cell(escape(bad), "bad")
+
+
+def code(text: str | None, limit: int = 160) -> Cell:
+    """Raw bytes shown safely: separators 0x01-0x03 and other controls as visible escapes."""
+    if text is None:
+        return Cell("")
+    cut = text[:limit]
+    shown = "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode() for ch in cut)
+    more = "…" if len(text) > limit else ""
+    return Cell(f"<code>{escape(shown)}{more}</code>", "wrap")
+
+
+# --- the page -------------------------------------------------------------------------------
+
+STRATA = ((0, 0), (1, 0), (1, 1), (0, 1))
+SIDE_LABEL = {"sample": "impression", "common": "common row"}
+SIDE_PLURAL = {"sample": "impressions", "common": "common rows"}
+MAX_SCENARIOS = 30
+
+
+def render(data: dict[str, Any]) -> str:
+    """The whole page from the values `report.collect` gathered."""
+    from deepcvr.aliccp import FIELDS
+
+    splits = data["splits"]
+    meta = data["meta"]
+    sections = [
+        _overview(data, splits),
+        _fields(data, splits, FIELDS),
+        _structures(data, splits),
+        _zipf(data, FIELDS),
+        _scenarios(data, splits),
+        _accounting(data["accounting"]),
+        _rejects(data),
+    ]
+    nav = [
+        ("overview", "Overview"),
+        ("fields", "Fields"),
+        ("structures", "Structures per row"),
+        ("zipf", "Feature frequencies"),
+        ("scenarios", "Scenarios"),
+        ("accounting", "Accounting"),
+        ("rejects", "Rejects"),
+    ]
+    info = [
+        f"database <code>{escape(meta['database'])}</code>",
+        f"splits: {escape(', '.join(splits) or 'none')} · generated {escape(meta['generated'])}"
+        f" · deepcvr {escape(meta['version'])}",
+    ]
+    return page("deepcvr data profile", info, nav, "".join(sections))
+
+
+def _overview(data: dict[str, Any], splits: list[str]) -> str:
+    counts = data["rows"]
+    rows = [
+        [
+            name,
+            *[per.get(s) if name not in ("field", "feature") else None for s in splits],
+            per["*"],
+        ]
+        for name, per in counts.items()
+    ]
+    strata_rows, shares = [], {}
+    for split in splits:
+        per = data["strata"].get(split, {})
+        n = sum(per.values())
+        clicks = per.get((1, 0), 0) + per.get((1, 1), 0)
+        strata_rows.append(
+            [
+                split,
+                n,
+                *[share(per.get(s, 0), n) for s in STRATA],
+                pct(clicks / n if n else None),
+                pct(per.get((1, 1), 0) / clicks if clicks else None),
+                pct(per.get((1, 1), 0) / n if n else None, 4),
+            ]
+        )
+        shares[split] = [100 * per.get(s, 0) / n if n else None for s in STRATA]
+    names = [f"click {c}, conversion {v}" for c, v in STRATA]
+    return section(
+        "overview",
+        "Overview",
+        "Rows per table and label strata per split. CTR = clicks / impressions; CVR = "
+        "conversions after a click / clicks; CTCVR = conversions after a click / impressions. "
+        "(click 0, conversion 1) rows are a funnel anomaly of Ali-CCP, kept and flagged.",
+        table("table-rows", ["table", *splits, "all"], rows, "no tables"),
+        table(
+            "table-strata",
+            ["split", "impressions", *names, "CTR", "CVR", "CTCVR"],
+            strata_rows,
+            "no impressions",
+        ),
+        figure(
+            plots.bar_chart(
+                "plot-strata",
+                "Label strata (share of impressions, log scale)",
+                names,
+                shares,
+                log=True,
+                fmt=plots.percent,
+                axis_label="share of impressions",
+            ),
+            "Share of impressions per (click, conversion) stratum; log scale.",
+        ),
+    )
+
+
+def _fields(data: dict[str, Any], splits: list[str], fields: Any) -> str:
+    cov, zipf, counts = data["coverage"], data["zipf"], data["rows"]
+    rows, series = [], {s: [] for s in splits}
+    for f in fields:
+        kind = "common" if f.entity == "user" else "sample"
+        base_table = "common_feature_group" if kind == "common" else "sample"
+        cells = []
+        for split in splits:
+            total = counts[base_table].get(split, 0)
+            having, structures = cov.get((split, f.field_id), (0, 0))
+            cells += [share(having, total), structures / having if having else None]
+            series[split].append(100 * having / total if total else None)
+        z = zipf.get(f.field_id, {})
+        rows.append([f.field_id, f.name, SIDE_PLURAL[kind], *cells, z.get("ids", 0)])
+    headers = ["field", "name", "counted over"]
+    for split in splits:
+        headers += [f"{split}: rows having it", f"{split}: structures per such row"]
+    return section(
+        "fields",
+        "Fields",
+        "Coverage: the share of impressions (item, combination and context fields) or of "
+        "common rows (user fields) holding the field at least once. Distinct ids over all splits.",
+        table("table-coverage", [*headers, "distinct ids"], rows, "no fields"),
+        figure(
+            plots.bar_chart(
+                "plot-coverage",
+                "Field coverage (%)",
+                [f.field_id for f in fields],
+                series,
+                fmt=lambda v: f"{v:.3g}%",
+                axis_label="% of rows having the field",
+            ),
+            "Share of rows holding each field, per split.",
+        ),
+    )
+
+
+def _structures(data: dict[str, Any], splits: list[str]) -> str:
+    figs = []
+    for kind in ("sample", "common"):
+        for split in splits:
+            label = SIDE_LABEL[kind]
+            figs.append(
+                figure(
+                    plots.histogram(
+                        f"plot-hist-{kind}-{split}",
+                        f"Structures per {label}, {split}",
+                        data["hist"].get((kind, split), []),
+                        f"loaded structures per {label}",
+                        f"{label}s",
+                    ),
+                    f"{split}: loaded feature structures per {label}.",
+                )
+            )
+    return section(
+        "structures",
+        "Structures per row",
+        "How many feature structures each impression and each common row holds after load "
+        "(rows whose structures were all rejected count as 0).",
+        f'<div class="grid2">{"".join(figs)}</div>',
+    )
+
+
+def _zipf(data: dict[str, Any], fields: Any) -> str:
+    figs = []
+    for f in fields:
+        z = data["zipf"].get(f.field_id)
+        title = f"{f.field_id} ({f.name})"
+        caption = (
+            f"{f.field_id}: {z['ids']:,} ids, {z['total']:,} structures, top id "
+            f"{100 * z['top'] / z['total']:.3g}%"
+            if z
+            else f"{f.field_id}: no structures"
+        )
+        svg = plots.loglog(f"plot-zipf-{f.field_id}", title, z["points"] if z else [])
+        figs.append(figure(svg, caption))
+    return section(
+        "zipf",
+        "Feature frequencies",
+        "Rank-frequency (Zipf) plots per field on log-log axes: the n-th most frequent feature "
+        "id against its occurrences over both long tables and all splits.",
+        f'<div class="grid3">{"".join(figs)}</div>',
+    )
+
+
+def _scenarios(data: dict[str, Any], splits: list[str]) -> str:
+    rows, order, ctr, cvr = [], [], {s: {} for s in splits}, {s: {} for s in splits}
+    for scenario, split, n, clicks, conv in data["scenarios"]:
+        rows.append(
+            [
+                str(scenario),
+                split,
+                n,
+                clicks,
+                pct(clicks / n if n else None),
+                conv,
+                pct(conv / clicks if clicks else None),
+            ]
+        )
+        if scenario not in order:
+            order.append(scenario)
+        ctr[split][scenario] = 100 * clicks / n if n else None
+        cvr[split][scenario] = 100 * conv / clicks if clicks else None
+    shown = order[:MAX_SCENARIOS]
+    cats = [str(s) for s in shown]
+
+    def series(values: dict[str, dict[int, float | None]]) -> dict[str, list[float | None]]:
+        return {s: [values[s].get(sc) for sc in shown] for s in splits}
+
+    fmt = lambda v: f"{v:.3g}%"  # noqa: E731
+    return section(
+        "scenarios",
+        "Scenarios",
+        "CTR and CVR by business scenario (field 301, one feature id per scenario); "
+        f"the {MAX_SCENARIOS} largest scenarios are plotted.",
+        table(
+            "table-scenario",
+            [
+                "scenario (feature id)",
+                "split",
+                "impressions",
+                "clicks",
+                "CTR",
+                "conversions after click",
+                "CVR",
+            ],
+            rows,
+            "no impressions carry field 301",
+        ),
+        '<div class="grid2">',
+        figure(
+            plots.bar_chart(
+                "plot-scenario-ctr",
+                "CTR by scenario (%)",
+                cats,
+                series(ctr),
+                fmt=fmt,
+                axis_label="CTR (%)",
+            ),
+            "CTR per scenario and split.",
+        ),
+        figure(
+            plots.bar_chart(
+                "plot-scenario-cvr",
+                "CVR by scenario (%)",
+                cats,
+                series(cvr),
+                fmt=fmt,
+                axis_label="CVR (%)",
+            ),
+            "CVR per scenario and split.",
+        ),
+        "</div>",
+    )
+
+
+def _accounting(rows: list[dict[str, Any]]) -> str:
+    keys = ["split", "file", "lines", "loaded_lines", "rejected_lines", "flagged_lines"]
+    keys += ["crlf_lines", "raw_structures", "loaded_structures", "rejected_structures"]
+    body = [
+        [r[k] for k in keys] + [r["db_rows"], r["db_structures"], status(r["ok"])] for r in rows
+    ]
+    where = {
+        "manifest": "the transform's _manifest.json files",
+        "metadata": "the metadata store (per split)",
+    }
+    sources = ", ".join(where[s] for s in sorted({r["source"] for r in rows})) or "none found"
+    note = (
+        "Every raw line is a loaded row or a rejected line, and every raw structure a loaded "
+        "structure or a rejected one (flagged lines are loaded). The identity is proved on the "
+        f"transform's counts and again on the database's rows and rejects table. Source: {sources}."
+    )
+    headers = ["split", "file", "raw lines", "loaded rows", "rejected lines", "flagged"]
+    headers += ["CRLF lines", "raw structures", "loaded structures", "rejected structures"]
+    headers += ["database rows", "database structures", "identity"]
+    return section(
+        "accounting",
+        "Accounting",
+        escape(note),
+        table(
+            "table-accounting",
+            headers,
+            body,
+            "no accounting found (no _manifest.json in the Parquet directory, no metadata "
+            "records); pass the transform output directory",
+        ),
+    )
+
+
+def _rejects(data: dict[str, Any]) -> str:
+    summary = [list(r) for r in data["reject_summary"]]
+    examples = [
+        [
+            reason,
+            action,
+            Cell(f"<code>{escape(file)}:{line}</code>"),
+            pos,
+            Cell(escape(detail or ""), "wrap"),
+            code(raw),
+        ]
+        for reason, action, _split, file, line, pos, detail, raw in data["reject_examples"]
+    ]
+    return section(
+        "rejects",
+        "Rejects",
+        "Lines and structures not loaded as they are, by reason. Action <b>rejected</b>: not "
+        "loaded; <b>flagged</b>: loaded and marked. Structure rejects carry the 0-based "
+        "position of the structure; separators are shown as \\x01, \\x02, \\x03.",
+        table(
+            "table-rejects",
+            ["split", "file", "reason", "action", "rows", "structures", "first line"],
+            summary,
+            "no rejects: every line and structure was loaded",
+        ),
+        "<h3>Examples</h3>",
+        table(
+            "table-reject-examples",
+            ["reason", "action", "where", "position", "detail", "raw text"],
+            examples,
+            "no rejects",
+        ),
+    )

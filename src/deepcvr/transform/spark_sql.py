@@ -1,0 +1,435 @@
+"""The Ali-CCP parse as Spark SQL expressions: the semantics of parse.py, run in the JVM only.
+
+No Python UDFs: executors never start a Python worker. Line numbers come from the scan itself:
+each row knows its file block (`_metadata.file_block_start`) and its place in the Spark
+partition (`monotonically_increasing_id`); one tiny aggregate per file (rows and bytes per
+partition) gives every partition its first line and first byte.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from pyspark.sql import Column, DataFrame, SparkSession, Window
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from deepcvr.aliccp import FIELD_IDS, FIELD_SEP, ITEM_SEP, VALUE_SEP
+from deepcvr.errors import DataError
+from deepcvr.transform import parse as P
+
+# Java regexes: `\z` because Java's `$` also matches before a final line terminator.
+INDEX16 = r"^[0-9a-f]{16}\z"
+INT = r"^[+-]?[0-9]+\z"  # what Polars' strict=False integer cast accepts (Spark also trims)
+FLOAT = r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?"  # Polars' finite floats
+_TOKEN = "[^\x01\x02\x03]+"
+STRUCT = f"^{_TOKEN}\x02{_TOKEN}\x03{_TOKEN}\\z"
+# One regex for the usual structure: well formed with a clean id and value; others get the
+# step-by-step checks that pick the reason.
+CLEAN_STRUCT = f"^{_TOKEN}\x02[+-]?[0-9]+\x03{FLOAT}\\z"
+
+PID_SHIFT = 33  # monotonically_increasing_id() = partition id << 33 | row index in partition
+BOM = "\ufeff"  # Hadoop's line reader drops a UTF-8 byte order mark at offset 0; put it back
+KIND_RANK = {"common": 0, "skeleton": 1}  # common file before skeleton when fields conflict
+
+KEY = {"common": "idx", "skeleton": "sid"}
+NAMES = {
+    "common": ["idx", "num_s", "fl"],
+    "skeleton": ["sid_s", "clk_s", "cvr_s", "idx", "num_s", "fl"],
+}
+
+
+@dataclass(frozen=True)
+class FileLines:
+    """Facts of one raw file from the tiny per-partition aggregate."""
+
+    lines: int
+    size: int
+    bom: int  # bytes of a leading byte order mark the reader dropped (0 or 3)
+    ends_with_newline: bool
+    partitions: int
+
+
+def scan(spark: SparkSession, uri: str) -> DataFrame:
+    """Raw lines with their block and row id; `lineSep` keeps a CR visible at the line end."""
+    return spark.read.text(uri, lineSep="\n").select(
+        "value",
+        F.col("_metadata.file_block_start").alias("block"),
+        F.monotonically_increasing_id().alias("mono"),
+    )
+
+
+def number_lines(spark: SparkSession, uri: str, size: int) -> tuple[DataFrame, FileLines]:
+    """Every line with its 1-based number and byte length, from one scan plus a tiny aggregate.
+
+    Rows of one (partition, block) are contiguous and in file order, and blocks are ordered by
+    their start offset, so sorting the aggregate's groups gives file order without a shuffle.
+    """
+    raw = scan(spark, uri)
+    groups = sorted(
+        (
+            (r["block"], r["first_mono"], r["pid"], r["n"], r["nbytes"])
+            for r in raw.groupBy(F.shiftright("mono", PID_SHIFT).alias("pid"), "block")
+            .agg(
+                F.count(F.lit(1)).alias("n"),
+                F.sum(F.octet_length("value")).alias("nbytes"),
+                F.min("mono").alias("first_mono"),
+            )
+            .collect()
+        ),
+    )
+    total = sum(n + nbytes for _, _, _, n, nbytes in groups)  # each line plus its newline
+    lines = sum(g[3] for g in groups)
+    diff = size - total  # 0: ends with a newline; -1: last line has none; +3: BOM dropped
+    bom = 3 if diff in (2, 3) else 0
+    if diff - bom not in (0, -1) or (lines == 0 and size != 0):
+        raise DataError(
+            f"{uri}: Spark read {total:,} bytes of lines from a {size:,}-byte file; "
+            "the file changed while being read or is not newline-delimited text"
+        )
+    rows = []
+    line, offset = 1, 0
+    for i, (block, first_mono, pid, n, nbytes) in enumerate(groups):
+        rows.append((pid, block, line - first_mono, offset + (bom if i else 0)))
+        line += n
+        offset += n + nbytes + (bom if i == 0 else 0)
+    bases = local_frame(
+        spark, rows, ("pid", "block", "line_delta", "first_byte"), "long"
+    ).hint("broadcast")
+    numbered = (
+        raw.withColumn("pid", F.shiftright("mono", PID_SHIFT))
+        .join(bases, ["pid", "block"])
+        .withColumn("line", F.col("mono") + F.col("line_delta"))
+    )
+    facts = FileLines(
+        lines=lines,
+        size=size,
+        bom=bom,
+        ends_with_newline=diff - bom == 0,
+        partitions=len(groups),
+    )
+    return numbered, facts
+
+
+def local_frame(
+    spark: SparkSession, rows: list[tuple[Any, ...]], names: tuple[str, ...], dtype: str | None
+) -> DataFrame:
+    """A tiny driver-made table built in the JVM (createDataFrame on a list would make a Python
+    RDD, and executors would start Python workers to read it)."""
+    structs = [
+        F.struct(*(_lit(v, dtype).alias(n) for v, n in zip(row, names, strict=True)))
+        for row in rows
+    ]
+    if not structs:
+        return spark.range(0).select(*(_lit(None, dtype or "string").alias(n) for n in names))
+    return spark.range(1).select(F.inline(F.array(*structs)))
+
+
+def _lit(value: Any, dtype: str | None) -> Column:
+    return F.lit(value) if dtype is None else F.lit(value).cast(dtype)
+
+
+def _when_chain(checks: list[tuple[Column, str]]) -> Column:
+    expr = None
+    for cond, reason in checks:
+        expr = F.when(cond, reason) if expr is None else expr.when(cond, reason)
+    assert expr is not None
+    return expr.otherwise(F.lit(None).cast("string"))
+
+
+def _int(text: Column, kind: str) -> Column:
+    return F.when(text.rlike(INT), text.try_cast(kind))
+
+
+def parse_lines(numbered: DataFrame, kind: str, facts: FileLines) -> DataFrame:
+    """Line-level columns and the first line-level reject reason (precedence of parse.py)."""
+    value, line = F.col("value"), F.col("line")
+    has_newline = F.lit(True) if facts.ends_with_newline else line != facts.lines
+    text = F.when(F.is_valid_utf8(value), value).otherwise(F.make_valid_utf8(value))
+    if facts.bom:
+        text = F.when(line == 1, F.concat(F.lit(BOM), text)).otherwise(text)
+    nbytes = F.octet_length("value") + (F.when(line == 1, facts.bom).otherwise(0))
+    df = numbered.select(
+        "line",
+        "pid",
+        "block",
+        "mono",
+        "first_byte",
+        nbytes.alias("nbytes"),
+        (~F.is_valid_utf8(value)).alias("invalid_utf8"),
+        has_newline.alias("has_newline"),
+        (has_newline & value.endswith("\r")).alias("crlf"),
+        text.alias("t0"),
+    )
+    t0 = F.col("t0")
+    df = df.withColumn(
+        "text", F.when(F.col("crlf"), t0.substr(F.lit(1), F.length(t0) - 1)).otherwise(t0)
+    ).drop("t0")
+    text = F.col("text")
+    has_sep = text.contains(ITEM_SEP) | text.contains(FIELD_SEP) | text.contains(VALUE_SEP)
+    items = F.octet_length(text) - F.octet_length(F.replace(text, F.lit(ITEM_SEP), F.lit("")))
+    names = NAMES[kind]
+    parts = F.split(text, ",", len(names))
+    df = df.select(
+        "*",
+        F.when(has_sep, items + 1).otherwise(0).cast("int").alias("structures"),
+        *(F.get(parts, i).alias(name) for i, name in enumerate(names)),
+    )
+    # Where the feature list starts (1-based characters), so it need not be stored twice.
+    fl_start = sum((F.length(n) + 1 for n in names[:-1]), F.lit(1))
+    df = df.withColumn("fl_start", fl_start.cast("int")).withColumn(
+        "num", _int(F.col("num_s"), "int")
+    )
+    c = F.col
+    fl = c("fl")
+    checks: list[tuple[Column, str]] = [
+        (c("invalid_utf8"), P.INVALID_UTF8),
+        (~c("has_newline"), P.TRUNCATED_LAST_LINE),
+        (fl.isNull() | fl.contains(","), P.WRONG_COLUMN_COUNT),
+    ]
+    if kind == "skeleton":
+        df = df.select(
+            "*",
+            _int(c("sid_s"), "bigint").alias("sid"),
+            _int(c("clk_s"), "tinyint").alias("clk"),
+            _int(c("cvr_s"), "tinyint").alias("cvr"),
+        )
+        checks += [
+            (c("sid").isNull() | (c("sid") <= 0), P.BAD_SAMPLE_ID),
+            (c("clk").isNull() | c("cvr").isNull(), P.BAD_LABEL),
+            (~c("clk").isin(0, 1) | ~c("cvr").isin(0, 1), P.LABEL_OUT_OF_RANGE),
+        ]
+    checks += [
+        (~c("idx").rlike(INDEX16), P.BAD_COMMON_INDEX),
+        (c("num").isNull() | (c("num") < 0), P.BAD_FEATURE_NUM),
+        (fl == "", P.EMPTY_FEATURE_LIST),
+        (c("structures") > P.MAX_POSITION + 1, P.TOO_MANY_STRUCTURES),
+    ]
+    keep = ["sid", "clk", "cvr"] if kind == "skeleton" else []
+    return df.select(
+        "line",
+        "pid",
+        "block",
+        "mono",
+        "first_byte",
+        "nbytes",
+        "crlf",
+        "text",
+        "structures",
+        "fl_start",
+        "idx",
+        "num",
+        *keep,
+        _when_chain(checks).alias("reason0"),
+    )
+
+
+def duplicate_lines(base: DataFrame, kind: str) -> DataFrame:
+    """Lines whose key an earlier line (passing the line checks) already has: first one wins."""
+    key = KEY[kind]
+    first = Window.partitionBy(key).orderBy("line")
+    return (
+        base.filter(F.col("reason0").isNull())
+        .select(key, "line")
+        .withColumn("rn", F.row_number().over(first))
+        .filter(F.col("rn") > 1)
+        .select("line", F.lit(True).alias("dup"))
+    )
+
+
+def final_lines(
+    base: DataFrame, kind: str, dups: DataFrame, common_keys: DataFrame | None
+) -> DataFrame:
+    """Line reason after the duplicate check and, for impressions, the orphan check."""
+    dup_reason = P.DUPLICATE_SAMPLE_ID if kind == "skeleton" else P.DUPLICATE_COMMON_INDEX
+    df = base.join(dups, "line", "left")
+    reason = F.coalesce(F.col("reason0"), F.when(F.col("dup"), dup_reason))
+    if common_keys is not None:
+        df = df.join(common_keys.select("idx", F.lit(True).alias("has_group")), "idx", "left")
+        reason = F.coalesce(reason, F.when(F.col("has_group").isNull(), P.ORPHAN_COMMON_INDEX))
+    return df.withColumn("reason", reason).drop("reason0", "dup", "has_group")
+
+
+def feature_list(df: DataFrame) -> Column:
+    return F.expr("substring(text, fl_start)")
+
+
+def structures(lines: DataFrame, kind: str) -> DataFrame:
+    """Structures of accepted lines with the first structure-level reason (before conflicts)."""
+    accepted = lines.filter(F.col("reason").isNull())
+    exploded = accepted.select(
+        F.col(KEY[kind]).alias("key"),
+        "line",
+        F.posexplode(F.split(feature_list(accepted), ITEM_SEP, -1)).alias("position", "s"),
+    )
+    s = F.col("s")
+    clean = s.rlike(CLEAN_STRUCT)
+    field = F.substring_index(s, FIELD_SEP, 1)
+    fid_s = F.substring_index(F.substring_index(s, VALUE_SEP, 1), FIELD_SEP, -1)
+    value_s = F.substring_index(s, VALUE_SEP, -1)
+    fid = F.when(clean | fid_s.rlike(INT), fid_s.try_cast("int"))
+    value = F.when(clean | value_s.rlike(f"^{FLOAT}\\z"), value_s.try_cast("double"))
+    parsed = exploded.select(
+        "key",
+        "line",
+        F.col("position").cast("short").alias("position"),
+        (clean | s.rlike(STRUCT)).alias("shape_ok"),
+        field.alias("field"),
+        fid.alias("feature_id"),
+        value.alias("value"),
+        s,
+    )
+    c = F.col
+    finite = ~F.isnan(c("value")) & (F.abs(c("value")) != float("inf"))
+    reason = _when_chain(
+        [
+            (~c("shape_ok"), P.MALFORMED_STRUCTURE),
+            (~c("field").isin(*sorted(FIELD_IDS)), P.UNKNOWN_FIELD),
+            (c("feature_id").isNull() | (c("feature_id") <= 0), P.BAD_FEATURE_ID),
+            (c("value").isNull() | ~finite, P.BAD_VALUE),
+        ]
+    )
+    return parsed.select(
+        "key",
+        "line",
+        "position",
+        "field",
+        "feature_id",
+        "value",
+        reason.alias("sreason"),
+        # Raw text only where a reject needs it; conflicts fetch theirs from the line later.
+        F.when(reason.isNotNull(), F.substring(s, 1, P.RAW_TEXT_LIMIT)).alias("raw"),
+    )
+
+
+def order_key(kind: str) -> Column:
+    """File order of a structure inside a split: common before skeleton, then line, position."""
+    return (
+        F.lit(KIND_RANK[kind]) * F.lit(1 << 50)
+        + F.col("line") * F.lit(1 << 16)
+        + F.col("position").cast("long")
+    )
+
+
+def pairs(structs: DataFrame, kind: str) -> DataFrame:
+    """Distinct (feature_id, field) of valid structures with their first place."""
+    return (
+        structs.filter(F.col("sreason").isNull())
+        .groupBy("feature_id", "field")
+        .agg(F.min(order_key(kind)).alias("first"))
+    )
+
+
+def winners(split_pairs: DataFrame, prior: DataFrame | None) -> DataFrame:
+    """Per feature id: how many fields claim it and the field seen first (prior splits first)."""
+    allp = split_pairs
+    if prior is not None:
+        allp = allp.unionByName(prior)
+    allp = allp.groupBy("feature_id", "field").agg(F.min("first").alias("first"))
+    return allp.groupBy("feature_id").agg(
+        F.count(F.lit(1)).alias("fields"), F.min_by("field", "first").alias("winner")
+    )
+
+
+def mark_conflicts(structs: DataFrame, conflicts: DataFrame) -> DataFrame:
+    """Reject valid structures whose feature id belongs to another field."""
+    df = structs.join(conflicts, "feature_id", "left")
+    lost = F.col("sreason").isNull() & F.col("winner").isNotNull()
+    lost = lost & (F.col("field") != F.col("winner"))
+    return df.select(
+        "key",
+        "line",
+        "position",
+        "field",
+        "feature_id",
+        "value",
+        F.when(lost, P.FEATURE_FIELD_CONFLICT).otherwise(F.col("sreason")).alias("reason"),
+        F.when(
+            lost, F.format_string("feature %d belongs to field %s", "feature_id", "winner")
+        ).alias("detail"),
+        "raw",
+    )
+
+
+def byte_offsets(lines: DataFrame) -> DataFrame:
+    """Offset of each line's first byte: a running sum inside each partition's block.
+
+    Only the narrow columns are shuffled for the window; callers join it to the (few) rejects.
+    """
+    before = Window.partitionBy("pid", "block").orderBy("mono").rowsBetween(Window.unboundedPreceding, -1)
+    return lines.select(
+        "line",
+        (
+            F.col("first_byte") + F.coalesce(F.sum(F.col("nbytes") + 1).over(before), F.lit(0))
+        ).alias("byte_offset"),
+    )
+
+
+REJECT_COLUMNS: list[tuple[str, T.DataType]] = [
+    ("split", T.StringType()),
+    ("file", T.StringType()),
+    ("line", T.LongType()),
+    ("byte_offset", T.LongType()),
+    ("position", T.ShortType()),
+    ("reason", T.StringType()),
+    ("action", T.StringType()),
+    ("structures", T.IntegerType()),
+    ("detail", T.StringType()),
+    ("raw", T.StringType()),
+]
+
+
+def line_rejects(lines: DataFrame) -> DataFrame:
+    """Rejected lines and flagged lines (declared feature_num differs from what is there)."""
+    rejected = lines.filter(F.col("reason").isNotNull()).select(
+        "line",
+        F.lit(None).cast("short").alias("position"),
+        "reason",
+        F.lit(P.REJECTED).alias("action"),
+        "structures",
+        F.lit(None).cast("string").alias("detail"),
+        F.substring("text", 1, P.RAW_TEXT_LIMIT).alias("raw"),
+    )
+    flagged = lines.filter(
+        F.col("reason").isNull() & (F.col("num") != F.col("structures"))
+    ).select(
+        "line",
+        F.lit(None).cast("short").alias("position"),
+        F.lit(P.FEATURE_NUM_MISMATCH).alias("reason"),
+        F.lit(P.FLAGGED).alias("action"),
+        F.lit(0).alias("structures"),
+        F.format_string("declared %d structures, found %d", "num", "structures").alias("detail"),
+        F.substring("text", 1, P.RAW_TEXT_LIMIT).alias("raw"),
+    )
+    return rejected.unionByName(flagged)
+
+
+def structure_rejects(final: DataFrame, lines: DataFrame) -> DataFrame:
+    """Rejected structures; a conflict's raw text is fetched from its line (it was valid)."""
+    rejected = final.filter(F.col("reason").isNotNull())
+    text = lines.select("line", "text", "fl_start")
+    item = F.get(F.split(feature_list(text), ITEM_SEP, -1), F.col("position").cast("int"))
+    missing = rejected.filter(F.col("raw").isNull()).join(text, "line").select(
+        "line", "position", "reason", "detail", F.substring(item, 1, P.RAW_TEXT_LIMIT).alias("raw")
+    )
+    known = rejected.filter(F.col("raw").isNotNull()).select(
+        "line", "position", "reason", "detail", "raw"
+    )
+    return known.unionByName(missing).select(
+        "line",
+        "position",
+        "reason",
+        F.lit(P.REJECTED).alias("action"),
+        F.lit(1).alias("structures"),
+        "detail",
+        "raw",
+    )
+
+
+def with_reject_columns(
+    rejects: DataFrame, offsets: DataFrame, split: str, file_name: str
+) -> DataFrame:
+    df = rejects.join(offsets, "line").withColumn("split", F.lit(split))
+    df = df.withColumn("file", F.lit(file_name))
+    return df.select(*(F.col(name).cast(dtype).alias(name) for name, dtype in REJECT_COLUMNS))

@@ -1,0 +1,162 @@
+"""Feature lists -> structures (position, feature id, value), with per-structure rejects.
+
+One Polars pass explodes the lists (a NumPy byte-level parser was measured and was slower).
+Feature ids seen under two fields are resolved here for the chunk: the first occurrence wins,
+unless a cross-chunk verdict says otherwise.
+"""
+
+from __future__ import annotations
+
+import polars as pl
+
+from deepcvr.aliccp import FIELD_SEP, FIELDS, ITEM_SEP, VALUE_SEP
+from deepcvr.transform.reasons import (
+    BAD_FEATURE_ID,
+    BAD_VALUE,
+    FEATURE_FIELD_CONFLICT,
+    MALFORMED_STRUCTURE,
+    RAW_TEXT_LIMIT,
+    REJECTED,
+    SCHEMAS,
+    UNKNOWN_FIELD,
+    WELL_FORMED_LIST,
+    WELL_FORMED_STRUCT,
+    ChunkContext,
+)
+
+FIELD_IDS = [f.field_id for f in FIELDS]
+FIELD_ENUM = pl.Enum(FIELD_IDS)
+CODE_OF = {f: i for i, f in enumerate(FIELD_IDS)}
+
+
+def parse_structures(
+    good: pl.DataFrame, ctx: ChunkContext
+) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
+    """Structures of accepted lines: (valid structures, structure rejects, feature pairs)."""
+    key = "sid" if ctx.kind == "skeleton" else "common_feature_index"
+    parsed = _explode(good.with_columns(pl.col(key).alias("key")))
+    parsed, pairs = _mark_field_conflicts(parsed, ctx)
+    c = pl.col
+    valid = parsed.filter(c("reason").is_null()).select(
+        "key", "position", "field_code", "feature_id", "value"
+    )
+    rejects = (
+        parsed.filter(c("reason").is_not_null())
+        .select(
+            pl.lit(ctx.split).alias("split"),
+            pl.lit(ctx.file_name).alias("file"),
+            "line",
+            "byte_offset",
+            "position",
+            "reason",
+            pl.lit(REJECTED).alias("action"),
+            pl.lit(1, dtype=pl.Int32).alias("structures"),
+            pl.when(c("reason") == FEATURE_FIELD_CONFLICT)
+            .then(pl.format("feature {} belongs to field {}", c("feature_id"), c("winner")))
+            .otherwise(pl.lit(None, dtype=pl.String))
+            .alias("detail"),
+            c("s").str.slice(0, RAW_TEXT_LIMIT).alias("raw"),
+        )
+        .cast(SCHEMAS["rejects"])  # type: ignore[arg-type]
+    )
+    return valid, rejects, pairs
+
+
+def _explode(lines: pl.DataFrame) -> pl.DataFrame:
+    """One row per structure with its parsed parts and the first thing wrong with it, if any."""
+    base = lines.select(
+        "key", "line", "byte_offset", pl.col("feature_list").str.split(ITEM_SEP).alias("s")
+    )
+    exploded = base.with_columns(
+        position=pl.int_ranges(pl.col("s").list.len(), dtype=pl.Int16)
+    ).explode("s", "position")
+    s = pl.col("s")
+    c = pl.col
+    parsed = exploded.with_columns(
+        p2=s.str.find(FIELD_SEP, literal=True), p3=s.str.find(VALUE_SEP, literal=True)
+    ).with_columns(
+        field_code=s.str.slice(0, c("p2")).cast(FIELD_ENUM, strict=False).to_physical(),
+        feature_id=s.str.slice(c("p2") + 1, c("p3") - c("p2") - 1).cast(pl.Int32, strict=False),
+        value=s.str.slice(c("p3") + 1).cast(pl.Float64, strict=False),
+    )
+    # The shape regex runs only on lines whose whole list failed the cheap line-level check.
+    well_formed = lines.get_column("feature_list").str.contains(WELL_FORMED_LIST).all()
+    shape_ok = pl.lit(True) if well_formed else s.str.contains(WELL_FORMED_STRUCT)
+    reason = (
+        pl.when(~shape_ok)
+        .then(pl.lit(MALFORMED_STRUCTURE))
+        .when(c("field_code").is_null())
+        .then(pl.lit(UNKNOWN_FIELD))
+        .when(c("feature_id").is_null() | (c("feature_id") <= 0))
+        .then(pl.lit(BAD_FEATURE_ID))
+        .when(c("value").is_null() | ~c("value").is_finite())
+        .then(pl.lit(BAD_VALUE))
+        .otherwise(pl.lit(None, dtype=pl.String))
+    )
+    return parsed.with_columns(reason=reason).drop("p2", "p3")
+
+
+def feature_pairs(structures: pl.DataFrame) -> pl.DataFrame:
+    """Distinct (feature_id, field_id) of valid structures, via one packed-integer unique."""
+    packed = (
+        structures.select(
+            (pl.col("feature_id").cast(pl.Int64) * 32 + pl.col("field_code")).alias("k")
+        )
+        .get_column("k")
+        .unique()
+        .sort()
+    )
+    return pl.DataFrame(
+        {"feature_id": (packed // 32).cast(pl.Int32), "code": (packed % 32).cast(pl.UInt8)}
+    ).select("feature_id", field_id=_field_name(pl.col("code")))
+
+
+def _field_name(code: pl.Expr) -> pl.Expr:
+    return code.replace_strict(list(range(len(FIELD_IDS))), FIELD_IDS, return_dtype=pl.String)
+
+
+def _mark_field_conflicts(
+    parsed: pl.DataFrame, ctx: ChunkContext
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """A feature id belongs to one field: the post-pass verdict, else the first seen, wins.
+
+    The join runs only when this chunk really has a conflict (rare in real data)."""
+    c = pl.col
+    ok = parsed.filter(c("reason").is_null())
+    pairs = feature_pairs(ok)
+    # Pairs are sorted by feature id, so a repeated id sits next to itself: no hashing needed.
+    repeated = c("feature_id").diff().fill_null(1) == 0
+    conflicted = pairs.filter(repeated | repeated.shift(-1).fill_null(False))
+    decided = pl.DataFrame(
+        {
+            "feature_id": list(ctx.field_of),
+            "winner_code": [CODE_OF[f] for f in ctx.field_of.values()],
+        },
+        schema={"feature_id": pl.Int32, "winner_code": pl.UInt8},
+    )
+    overruled = (
+        pairs.join(decided, on="feature_id").filter(c("field_id") != _field_name(c("winner_code")))
+        if ctx.field_of
+        else decided
+    )
+    if conflicted.is_empty() and overruled.is_empty():
+        return parsed.with_columns(winner=pl.lit(None, dtype=pl.String)), pairs
+    first_seen = (
+        ok.filter(c("feature_id").is_in(conflicted.get_column("feature_id").implode()))
+        .group_by("feature_id", maintain_order=True)
+        .agg(winner_code=c("field_code").first())
+    )
+    winners = pl.concat(
+        [decided, first_seen.join(decided, on="feature_id", how="anti")], how="vertical"
+    )
+    parsed = parsed.join(winners, on="feature_id", how="left", maintain_order="left")
+    conflict = (
+        c("reason").is_null()
+        & c("winner_code").is_not_null()
+        & (c("field_code") != c("winner_code"))
+    )
+    parsed = parsed.with_columns(
+        reason=pl.when(conflict).then(pl.lit(FEATURE_FIELD_CONFLICT)).otherwise(c("reason")),
+        winner=_field_name(c("winner_code")),
+    ).drop("winner_code")
+    return parsed, feature_pairs(parsed.filter(c("reason").is_null()))
