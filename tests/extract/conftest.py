@@ -170,27 +170,36 @@ SLOWDOWN = (
 
 
 class S3Faults:
-    """WSGI layer in front of moto: records requests, answers object GETs with SlowDown."""
+    """WSGI layer in front of moto: records requests; object GETs can be answered with
+    SlowDown, or cut after half their body (werkzeug then closes the connection)."""
 
     def __init__(self, app: Any) -> None:
         self.app = app
         self.requests: list[tuple[str, str, str | None]] = []
         self.slowdown = 0
+        self.cuts = 0
         self.lock = threading.Lock()
 
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
         method, path = environ["REQUEST_METHOD"], environ.get("PATH_INFO", "")
+        is_object_get = method == "GET" and path.strip("/").count("/") >= 1
         with self.lock:
             self.requests.append((method, path, environ.get("HTTP_RANGE")))
-            throttle = self.slowdown > 0 and method == "GET" and path.strip("/").count("/") >= 1
-            if throttle:
-                self.slowdown -= 1
+            throttle = is_object_get and self.slowdown > 0
+            cut = is_object_get and not throttle and self.cuts > 0
+            self.slowdown -= throttle
+            self.cuts -= cut
         if throttle:
             start_response(
                 "503 Slow Down",
                 [("Content-Type", "application/xml"), ("Content-Length", str(len(SLOWDOWN)))],
             )
             return [SLOWDOWN]
+        if cut:
+            seen: list[Any] = []
+            body = b"".join(self.app(environ, lambda *a: seen.append(a)))
+            start_response(*seen[0])  # the full Content-Length, half the bytes
+            return [body[: len(body) // 2]]
         return self.app(environ, start_response)
 
     def gets(self, bucket: str, key: str) -> int:
@@ -296,5 +305,5 @@ def s3(moto_server: tuple[S3Faults, str], monkeypatch: pytest.MonkeyPatch, tmp_p
     bucket = f"deepcvr-{uuid.uuid4().hex[:12]}"
     client.create_bucket(Bucket=bucket)
     faults.requests.clear()
-    faults.slowdown = 0
+    faults.slowdown = faults.cuts = 0
     return S3Env(url, bucket, client, faults)

@@ -105,6 +105,7 @@ def test_second_run_skips_without_get(served, tmp_path):
     srv, data = served
     out = tmp_path / "o"
     download(srv.url, out, options=opts())
+    assert (out / TRAIN).read_bytes() == data
     srv.requests.clear()
     res = download(srv.url, out, options=opts())
     assert srv.count("GET", TRAIN) == 0 and srv.count("HEAD", TRAIN) == 1
@@ -154,7 +155,7 @@ def test_password_in_url_is_used_and_never_shown(served, tmp_path, caplog):
 
 
 def test_single_file_url_and_named_files(served, tmp_path):
-    srv, data = served
+    srv, _ = served
     srv.files[TEST] = b"test split"
     res = download(srv.url + TRAIN, tmp_path / "one", options=opts())
     assert [f.name for f in res.files] == [TRAIN]

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from deepcvr.errors import ConfigError, DataError
-from deepcvr.extract import download as dl
+from deepcvr.extract import partial, verify
 from deepcvr.extract.download import download
 from deepcvr.extract.ops import DownloadParams
 from deepcvr.extract.sources import Options
@@ -154,7 +154,7 @@ def test_disk_full_is_caught_before_downloading(src, tiny_tmpfs):
 def test_disk_full_while_writing_a_real_tmpfs(src, tiny_tmpfs, monkeypatch):
     real = shutil.disk_usage
     # Pretend there is room, so the kernel's ENOSPC arrives mid-write.
-    monkeypatch.setattr(dl.shutil, "disk_usage", lambda p: real(p)._replace(free=10**12))
+    monkeypatch.setattr(partial.shutil, "disk_usage", lambda p: real(p)._replace(free=10**12))
     out = tiny_tmpfs / "external"
     with pytest.raises(DataError, match=r"sample_train.tar.gz: no space left on device"):
         download(str(src), out)
@@ -170,7 +170,7 @@ def test_disk_full_while_writing_simulated(src, tmp_path, monkeypatch):
             raise OSError(errno.ENOSPC, "No space left on device")
         return real_write(fd, data)
 
-    monkeypatch.setattr(dl.Sink, "write", _sink_write_via(write))
+    monkeypatch.setattr(verify.Sink, "write", _sink_write_via(write))
     out = tmp_path / "o"
     with pytest.raises(DataError, match=r"sample_train.tar.gz: no space left on device"):
         download(str(src), out, options=Options(link=False))

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from deepcvr.cli import app
 from deepcvr.errors import ConfigError, DataError
-from deepcvr.extract import download as dl
+from deepcvr.extract import verify
 from deepcvr.extract.download import download
 from deepcvr.extract.sources import Options
 from deepcvr.extract.sources import s3 as s3mod
@@ -87,7 +87,11 @@ def test_sha256sums_at_the_prefix(s3, tmp_path):
     s3.put(f"d/{TRAIN}", data, part_size=None)
     s3.put("d/SHA256SUMS", f"{sha256(data)}  {TRAIN}\n{'0' * 64} *other.bin\n".encode())
     res = download(f"s3://{s3.bucket}/d/", tmp_path / "o", options=opts(s3))
-    assert res.summary()["files"][TRAIN]["checks"] == ["size", "md5 (S3 ETag)", "sha256 (SHA256SUMS)"]
+    assert res.summary()["files"][TRAIN]["checks"] == [
+        "size",
+        "md5 (S3 ETag)",
+        "sha256 (SHA256SUMS)",
+    ]
 
 
 def test_checksum_mismatch_leaves_nothing(s3, tmp_path):
@@ -154,6 +158,18 @@ def test_slowdown_is_retried(s3, tmp_path, caplog):
     assert res.files[0].retries == 3 and caplog.text.count("SlowDown") == 3
 
 
+def test_part_cut_mid_body_is_fetched_again(s3, tmp_path, caplog):
+    data = blob(4 * MiB + 5)
+    s3.put(f"t/{TRAIN}", data)
+    s3.faults.cuts = 2
+    with caplog.at_level(logging.WARNING, logger="deepcvr"):
+        res = download(f"s3://{s3.bucket}/t/", tmp_path / "o", options=opts(s3, part_size=MiB))
+    assert (tmp_path / "o" / TRAIN).read_bytes() == data
+    assert res.files[0].retries == 2 and res.files[0].checks == ["size", "md5 (S3 ETag)"]
+    assert s3.gets(f"t/{TRAIN}") == 5 + 2
+    assert "IncompleteRead" in caplog.text or "ResponseStreamingError" in caplog.text
+
+
 def test_throttled_too_long_gives_up(s3, tmp_path):
     s3.put(f"t/{TRAIN}", blob(1000))
     s3.faults.slowdown = 10_000
@@ -181,7 +197,9 @@ def test_explicit_keys_and_files(s3, tmp_path):
 
 
 def test_anonymous_access(s3, tmp_path, monkeypatch):
-    s3.client.put_object(Bucket=s3.bucket, Key=f"pub/{TRAIN}", Body=b"public bytes", ACL="public-read")
+    s3.client.put_object(
+        Bucket=s3.bucket, Key=f"pub/{TRAIN}", Body=b"public bytes", ACL="public-read"
+    )
     aws_env(monkeypatch, tmp_path, credentials=False)
     download(f"s3://{s3.bucket}/pub/", tmp_path / "o", options=opts(s3, anonymous=True))
     assert (tmp_path / "o" / TRAIN).read_bytes() == b"public bytes"
@@ -245,7 +263,7 @@ def test_disk_full_midway_removes_the_partial(s3, tmp_path, monkeypatch):
 
     s3.put(f"p/{TRAIN}", blob(3 * MiB))
     calls = {"n": 0}
-    real_write = dl.Sink.write
+    real_write = verify.Sink.write
 
     def write(self, data):
         calls["n"] += 1
@@ -253,7 +271,7 @@ def test_disk_full_midway_removes_the_partial(s3, tmp_path, monkeypatch):
             raise self._error(OSError(errno.ENOSPC, "No space left on device"))
         real_write(self, data)
 
-    monkeypatch.setattr(dl.Sink, "write", write)
+    monkeypatch.setattr(verify.Sink, "write", write)
     out = tmp_path / "o"
     with pytest.raises(DataError, match=r"sample_train.tar.gz: no space left on device"):
         download(f"s3://{s3.bucket}/p/", out, options=opts(s3, part_size=MiB))

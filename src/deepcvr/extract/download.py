@@ -1,19 +1,15 @@
 """Get the archives from a source into a directory, verified before anything can use them.
 
 Per file: an existing file is kept only if it verifies against the source; otherwise the bytes
-go to a hidden, locked partial file (`.tmp-NAME.part`), hashed as they arrive, and the file is
-renamed into place only after its size and checksums match. A partial left by a run that was
-killed or ran out of retries is resumed by the next run if the source still has the same
-version of the file. Local sources on the same filesystem are hard-linked instead of copied.
+go to a hidden, locked partial file, hashed as they arrive, and the file is renamed into place
+only after its size and checksums match (partial.py, which also resumes). Local sources on the
+same filesystem are hard-linked instead of copied, and verified all the same.
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
 import logging
 import os
-import shutil
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -21,19 +17,18 @@ from pathlib import Path
 from typing import Any
 
 from deepcvr.errors import DataError
-from deepcvr.extract.retry import GaveUp, RetryBudget
+from deepcvr.extract.partial import fetch_verified
 from deepcvr.extract.sources import Options, Remote, Source, open_source
 from deepcvr.extract.verify import (
     MANIFEST_NAME,
     Digests,
     Expected,
-    Sink,
     hash_file,
     read_receipt,
     verify,
     write_receipt,
 )
-from deepcvr.fsutil import TMP_MARK, atomic_file, temp_sibling
+from deepcvr.fsutil import temp_sibling
 from deepcvr.metadata import utc_now
 from deepcvr.progress import progress
 
@@ -274,7 +269,7 @@ def _done(
         remote.name,
         status,
         f"{digests.size:,}",
-        ", ".join(checks),
+        ", ".join(checks) or "nothing (the source gave no size)",
     )
     if not exp.has_checksum and status != "skipped":
         why = "; ".join(exp.notes) or "the source gives no checksum"

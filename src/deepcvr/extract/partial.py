@@ -26,6 +26,10 @@ from deepcvr.progress import progress
 log = logging.getLogger("deepcvr")
 
 
+class NoSpace(DataError):
+    """The file cannot fit: found before fetching, so what is there stays resumable."""
+
+
 @dataclass(frozen=True)
 class Fetched:
     digests: Digests
@@ -52,7 +56,9 @@ def fetch_verified(
         with progress(f"download {remote.name}", total=remote.size, unit="B") as advance:
             if _resumable(sink, state, remote):
                 sink.resume(advance)
-                log.info("%s: resuming a partial download at %s bytes", remote.name, f"{sink.size:,}")
+                log.info(
+                    "%s: resuming a partial download at %s bytes", remote.name, f"{sink.size:,}"
+                )
             else:
                 sink.restart()
                 _write_state(state, remote)
@@ -60,11 +66,8 @@ def fetch_verified(
             try:
                 _check_space(final, remote.size, sink.size)
                 src.fetch(remote, sink, budget, advance)
-            except GaveUp:
+            except (GaveUp, NoSpace):
                 keep = remote.version is not None  # a later run resumes it
-                raise
-            except DataError as e:
-                keep = "not enough space" in str(e)  # resumable once space is freed
                 raise
             digests = sink.finish()
         checks = verify(remote.uri, digests, exp)
@@ -110,7 +113,7 @@ def _check_space(final: Path, size: int | None, have: int) -> None:
         return
     need, free = size - have, shutil.disk_usage(final.parent).free
     if need > free:
-        raise DataError(
+        raise NoSpace(
             f"{final}: not enough space: {need:,} more bytes needed, {free:,} free; "
             "free space or choose another workspace"
         )

@@ -13,6 +13,7 @@ from typing import Any
 
 from rich.table import Table
 
+from deepcvr import cancel
 from deepcvr.errors import ConfigError, DeepCVRError
 from deepcvr.logsetup import make_console
 from deepcvr.metadata import MetadataStore
@@ -22,6 +23,8 @@ from deepcvr.pipeline.ops import OpContext, OpParams, OpSpec
 from deepcvr.secrets import mask_text
 
 log = logging.getLogger("deepcvr")
+
+STOP_GRACE_SECONDS = 60.0  # how long running ops get to stop cleanly after Ctrl-C
 
 STATUS_STYLE = {
     "succeeded": "green",
@@ -105,6 +108,7 @@ def run_pipeline(
         workspace,
     )
     started = time.monotonic()
+    cancel.reset()
 
     executor = ThreadPoolExecutor(pipeline.config.max_parallel, thread_name_prefix="deepcvr")
     running: dict[Future[None], str] = {}
@@ -141,7 +145,11 @@ def run_pipeline(
                         skip.setdefault(child, f"upstream task {name} failed")
                 ts.done(name)
     except KeyboardInterrupt:
-        executor.shutdown(wait=False, cancel_futures=True)  # running ops cannot be stopped
+        # Ops run in threads: ask them to stop at their next checkpoint and give them a moment,
+        # so they remove their temp files instead of dying mid-write.
+        cancel.request()
+        wait(running, timeout=STOP_GRACE_SECONDS)
+        executor.shutdown(wait=False, cancel_futures=True)
         _interrupt(store, run_id, outcomes)
         if table:
             _print_table(run_id, "interrupted", outcomes, time.monotonic() - started)

@@ -88,8 +88,8 @@ class StrataHistogram:
             new = new.with_columns(pl.col("sid").cast(pl.Int64)).select(self.strata.columns)
             self.strata = pl.concat([self.strata, new])
             while self.strata.height << self.bits > CELL_BUDGET and self.bits > MIN_BITS:
-                rows = self.hist.shape[0]
-                self.hist = self.hist.reshape(rows, -1, 2).sum(axis=2)  # merge bucket pairs
+                rows, width = self.hist.shape
+                self.hist = self.hist.reshape(rows, width // 2, 2).sum(axis=2)  # merge pairs
                 self.bits -= 1
             grown = np.zeros((self.strata.height, 1 << self.bits), dtype=np.int64)
             grown[: self.hist.shape[0]] = self.hist

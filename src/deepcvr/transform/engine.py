@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import shutil
+import signal
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -23,7 +24,7 @@ from typing import Any
 
 import polars as pl
 
-from deepcvr import __version__
+from deepcvr import __version__, cancel
 from deepcvr.aliccp import (
     FIELDS,
     SPLITS,
@@ -81,7 +82,9 @@ class ChunkRunner:
             saved = os.environ.get("POLARS_MAX_THREADS")
             os.environ["POLARS_MAX_THREADS"] = str(threads)
             try:
-                self.pool = ProcessPoolExecutor(workers, mp_context=get_context("spawn"))
+                self.pool = ProcessPoolExecutor(
+                    workers, mp_context=get_context("spawn"), initializer=_ignore_sigint
+                )
                 # Start the workers now, while the variable is set.
                 list(self.pool.map(_noop, range(workers)))
             finally:
@@ -95,10 +98,12 @@ class ChunkRunner:
     ) -> Iterator[tuple[ChunkSpec, dict[str, Any]]]:
         if self.pool is None:
             for spec, args in jobs:
+                cancel.check()
                 yield spec, run_chunk(spec, *args)
             return
         pending: deque[tuple[ChunkSpec, Future[dict[str, Any]]]] = deque()
         for spec, args in jobs:
+            cancel.check()
             pending.append((spec, self.pool.submit(run_chunk, spec, *args)))
             if len(pending) > 2 * self.workers:  # bounded: memory does not grow with input
                 head, fut = pending.popleft()
@@ -115,6 +120,12 @@ class ChunkRunner:
 
 def _noop(_: int) -> None:
     return None
+
+
+def _ignore_sigint() -> None:
+    """Ctrl-C goes to the whole process group; only the parent decides how to stop, so
+    workers finish (or drop) their chunk cleanly instead of dying mid-write with a traceback."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 @dataclass
