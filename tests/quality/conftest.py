@@ -66,7 +66,7 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> Loaded:
 BAD_LINES = (
     "999999,0,0,{idx},2,205\x02x\x031.0\x01206\x022\x030.5\n"  # bad feature id at position 0
     "bad line\n"  # wrong column count
-    "999998,0,1,{idx},1,301\x0250\x031.0\n"  # (0,1) and a malformed structure
+    "999998,0,1,{idx},1,301\x0250\n"  # (0,1), its only structure malformed (no 0x03)
     "1,0,0,{idx},1,205\x021\x031.0\n"  # duplicate of line 1
 )
 

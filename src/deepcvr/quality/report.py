@@ -208,7 +208,7 @@ def write_report(
     target: str, output: Path, accounting: list[dict[str, Any]], examples: int = 3
 ) -> dict[str, Any]:
     """Query the database, render the page, write it atomically; returns a small summary."""
-    from deepcvr.quality.report_template import render
+    from deepcvr.quality.report_sections import render
 
     con = connect(target)
     try:

@@ -99,9 +99,7 @@ class StrataHistogram:
         cell = joined.get_column("sid").to_numpy() * width + (
             joined.get_column("bucket").to_numpy().astype(np.int64) >> (KEY_BITS - self.bits)
         )
-        weights = joined.get_column("len").to_numpy().astype(np.float64)
-        flat = np.bincount(cell, weights=weights, minlength=self.hist.size)
-        self.hist += flat.reshape(self.hist.shape).astype(np.int64)
+        np.add.at(self.hist.reshape(-1), cell, joined.get_column("len").to_numpy())
 
     def finish(self) -> Population:
         """Strata in report order: labels (0,0), (1,0), (1,1), (0,1), then --by values."""

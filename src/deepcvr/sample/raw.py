@@ -184,7 +184,7 @@ def write_common(
     def work(data: bytes) -> tuple[bytes, np.ndarray, np.ndarray, pl.Series]:
         offsets = line_offsets(data)
         rows, idx = common_indexes(data, offsets)
-        hit = idx.is_in(wanted) & idx.is_first_distinct()
+        hit = idx.is_in(wanted.implode()) & idx.is_first_distinct()
         return data, offsets, rows[hit.to_numpy()], idx.filter(hit)
 
     seen = pl.Series("common_feature_index", [], dtype=pl.String)
@@ -195,7 +195,7 @@ def write_common(
     ):
         for data, offsets, rows, idx in ordered_map(work, iter_chunks(path, chunk_bytes), workers):
             if seen.len():  # an index seen in an earlier chunk: the first line wins (transform)
-                again = idx.is_in(seen).to_numpy()
+                again = idx.is_in(seen.implode()).to_numpy()
                 rows, idx = rows[~again], idx.filter(pl.Series(~again))
             out.write(gather(data, offsets, rows))
             seen = pl.concat([seen, idx])

@@ -130,4 +130,6 @@ def wilson(successes: int, n: int, confidence: float) -> tuple[float, float] | N
     denom = 1 + z * z / n
     centre = (phat + z * z / (2 * n)) / denom
     half = z / denom * math.sqrt(phat * (1 - phat) / n + z * z / (4 * n * n))
-    return max(0.0, centre - half), min(1.0, centre + half)
+    low = 0.0 if successes == 0 else max(0.0, centre - half)  # exact ends, no float dust
+    high = 1.0 if successes == n else min(1.0, centre + half)
+    return low, high

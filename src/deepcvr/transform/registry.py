@@ -20,7 +20,9 @@ UNSEEN = -1
 class FeatureRegistry:
     def __init__(self) -> None:
         self.code = np.full(1 << 20, UNSEEN, dtype=np.int8)
-        self.refs: dict[str, np.ndarray] = {}  # split -> chunks referencing each feature id
+        # split -> how many chunks reference each feature id (uint16: a chunk holds ~1/1000 of a
+        # split, and the arrays stay small: they grow with the largest id, not with the input)
+        self.refs: dict[str, np.ndarray] = {}
 
     def _grow(self, max_id: int) -> None:
         if max_id < len(self.code):
@@ -32,13 +34,13 @@ class FeatureRegistry:
         grown[: len(self.code)] = self.code
         self.code = grown
         for split, refs in self.refs.items():
-            more = np.zeros(size, dtype=np.int32)
+            more = np.zeros(size, dtype=np.uint16)
             more[: len(refs)] = refs
             self.refs[split] = more
 
     def _split_refs(self, split: str) -> np.ndarray:
         if split not in self.refs:
-            self.refs[split] = np.zeros(len(self.code), dtype=np.int32)
+            self.refs[split] = np.zeros(len(self.code), dtype=np.uint16)
         return self.refs[split]
 
     @staticmethod
