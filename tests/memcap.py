@@ -31,8 +31,9 @@ def tree_rss(proc: psutil.Process) -> int:
     return total
 
 
-def run_capped(cmd: list[str], cap_bytes: int, env: dict[str, str] | None = None,
-               timeout: float = 300) -> CappedRun:
+def run_capped(
+    cmd: list[str], cap_bytes: int, env: dict[str, str] | None = None, timeout: float = 300
+) -> CappedRun:
     popen = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     proc = psutil.Process(popen.pid)
     peak, killed = 0, False

@@ -74,9 +74,31 @@ CREATE TABLE IF NOT EXISTS assets (
     rows INTEGER,
     run_id TEXT,
     task TEXT,
-    created_at TEXT NOT NULL
+    created_at TEXT NOT NULL,
+    schema_json TEXT
 );
 CREATE INDEX IF NOT EXISTS assets_run ON assets (run_id);
+CREATE INDEX IF NOT EXISTS assets_uri ON assets (uri);
+CREATE TABLE IF NOT EXISTS task_state (
+    pipeline TEXT NOT NULL,
+    task TEXT NOT NULL,
+    op TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    outputs_json TEXT NOT NULL,
+    run_id TEXT NOT NULL,
+    finished_at TEXT NOT NULL,
+    PRIMARY KEY (pipeline, task)
+);
+CREATE TABLE IF NOT EXISTS lineage (
+    edge_id INTEGER PRIMARY KEY,
+    run_id TEXT NOT NULL,
+    task TEXT NOT NULL,
+    input_uri TEXT NOT NULL,
+    output_uri TEXT NOT NULL,
+    recorded_at TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS lineage_in ON lineage (input_uri);
+CREATE INDEX IF NOT EXISTS lineage_out ON lineage (output_uri);
 """
 
 
@@ -277,14 +299,91 @@ class MetadataStore:
         rows: int | None = None,
         run_id: str | None = None,
         task: str | None = None,
+        schema: Any = None,
     ) -> int:
         with self._write() as con:
             cur = con.execute(
-                "INSERT INTO assets (uri, kind, bytes, checksum, rows, run_id, task, created_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (mask_text(uri), kind, bytes, checksum, rows, run_id, task, utc_now()),
+                "INSERT INTO assets (uri, kind, bytes, checksum, rows, run_id, task, created_at,"
+                " schema_json) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    mask_text(uri),
+                    kind,
+                    bytes,
+                    checksum,
+                    rows,
+                    run_id,
+                    task,
+                    utc_now(),
+                    _json(schema),
+                ),
             )
             return int(cur.lastrowid or 0)
+
+    # --- incremental state and lineage -----------------------------------------------------
+
+    def task_state(self, pipeline: str, task: str) -> dict[str, Any] | None:
+        """The fingerprint and outputs of the task's last successful run, if any."""
+        rows = self._query(
+            "SELECT * FROM task_state WHERE pipeline = ? AND task = ?", (pipeline, task)
+        )
+        if not rows:
+            return None
+        rows[0]["outputs"] = json.loads(rows[0]["outputs_json"])
+        return rows[0]
+
+    def save_task_state(
+        self, pipeline: str, task: str, op: str, fingerprint: str, outputs: Any, run_id: str
+    ) -> None:
+        with self._write() as con:
+            con.execute(
+                "INSERT INTO task_state VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (pipeline, task)"
+                " DO UPDATE SET op = excluded.op, fingerprint = excluded.fingerprint,"
+                " outputs_json = excluded.outputs_json, run_id = excluded.run_id,"
+                " finished_at = excluded.finished_at",
+                (pipeline, task, op, fingerprint, _json(outputs), run_id, utc_now()),
+            )
+
+    def forget_task_state(self, pipeline: str, task: str) -> None:
+        with self._write() as con:
+            con.execute("DELETE FROM task_state WHERE pipeline = ? AND task = ?", (pipeline, task))
+
+    def add_lineage(self, run_id: str, task: str, inputs: list[str], outputs: list[str]) -> None:
+        now = utc_now()
+        with self._write() as con:
+            con.executemany(
+                "INSERT INTO lineage (run_id, task, input_uri, output_uri, recorded_at)"
+                " VALUES (?, ?, ?, ?, ?)",
+                [(run_id, task, mask_text(i), mask_text(o), now) for i in inputs for o in outputs],
+            )
+
+    def lineage(self, uri: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """(edges that produced `uri`, edges that used it), newest first."""
+        made = self._query(
+            "SELECT * FROM lineage WHERE output_uri = ? ORDER BY edge_id DESC", (uri,)
+        )
+        used = self._query(
+            "SELECT * FROM lineage WHERE input_uri = ? ORDER BY edge_id DESC", (uri,)
+        )
+        return made, used
+
+    def close_stale_runs(self, reason: str) -> list[dict[str, Any]]:
+        """Runs still marked running when nobody holds the workspace lock died (killed, power
+        cut): mark them and their running tasks interrupted; returns the runs closed."""
+        stale = self._query("SELECT * FROM runs WHERE status = 'running'")
+        if stale:
+            with self._write() as con:
+                for run in stale:
+                    con.execute(
+                        "UPDATE task_runs SET status = 'interrupted', error = ?, ended_at = ?"
+                        " WHERE run_id = ? AND status IN ('running', 'pending')",
+                        (reason, utc_now(), run["run_id"]),
+                    )
+                    con.execute(
+                        "UPDATE runs SET status = 'interrupted', error = ?, ended_at = ?"
+                        " WHERE run_id = ?",
+                        (reason, utc_now(), run["run_id"]),
+                    )
+        return stale
 
     def assets(self, run_id: str | None = None) -> list[dict[str, Any]]:
         if run_id is None:

@@ -21,7 +21,17 @@ class GenerateParams(OpParams):
     )
 
 
-@op("synth.generate", GenerateParams)
+def _outputs(ctx: OpContext, params: GenerateParams) -> list[str]:
+    out = ctx.path(params.out).resolve()
+    if params.archive:
+        return [str(out / aliccp.archive_name(params.split))]
+    return [
+        str(out / aliccp.skeleton_name(params.split)),
+        str(out / aliccp.common_name(params.split)),
+    ]
+
+
+@op("synth.generate", GenerateParams, inputs=lambda ctx, params: [], outputs=_outputs)
 def generate_op(ctx: OpContext, params: GenerateParams) -> dict[str, Any]:
     """Generate synthetic Ali-CCP data (skeleton + common CSVs, or their tar.gz archive)."""
     from deepcvr.synth import generate  # numpy/polars: imported only when the op runs
@@ -31,17 +41,6 @@ def generate_op(ctx: OpContext, params: GenerateParams) -> dict[str, Any]:
         res = generate(
             out, params.samples, params.split, params.seed, params.archive, advance=advance
         )
-    rows = {
-        aliccp.skeleton_name(res.split): res.samples,
-        aliccp.common_name(res.split): res.common_rows,
-    }
-    if ctx.store is not None:
-        for path in res.files:
-            kind = "archive" if path.name.endswith(".tar.gz") else "raw_csv"
-            ctx.store.add_asset(
-                str(path), kind, bytes=path.stat().st_size, rows=rows.get(path.name),
-                run_id=ctx.run_id, task=ctx.task,
-            )  # fmt: skip
     return {
         "split": res.split,
         "samples": res.samples,

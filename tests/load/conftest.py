@@ -53,7 +53,9 @@ class Server:
 
     def tables(self) -> set[str]:
         schema = "DATABASE()" if self.kind == "mysql" else "current_schema()"
-        rows = self.sql(f"SELECT table_name FROM information_schema.tables WHERE table_schema = {schema}")
+        rows = self.sql(
+            f"SELECT table_name FROM information_schema.tables WHERE table_schema = {schema}"
+        )
         return {r[0] for r in rows}
 
     def counts(self) -> dict[str, int]:
@@ -184,7 +186,9 @@ class _Rebuilder:
 def check_end_to_end(server: Server, dataset: dict[str, Path]) -> None:
     summary = load(dataset["both"], server.url)
     assert {c["ok"] for c in summary["checks"]} == {True}
-    assert all(info["keys"] == "enforced" for n, info in summary["tables"].items() if n != "rejects")
+    assert all(
+        info["keys"] == "enforced" for n, info in summary["tables"].items() if n != "rejects"
+    )
     for t in MODEL:
         assert server.counts()[t.name] == summary["tables"][t.name]["rows"]
     con = _Rebuilder(server)

@@ -19,14 +19,17 @@ runner = CliRunner()
 
 
 def sample(*args: str, ws: Path) -> tuple[int, str, str]:
-    result = runner.invoke(app, ["sample", *args, "--workspace", str(ws)])
+    result = runner.invoke(app, ["-q", "sample", *args, "--workspace", str(ws)])
     return result.exit_code, result.stdout, result.stderr
 
 
 def test_command_mirrors_the_params_model():
     command = get_command(app).commands["sample"]  # type: ignore[attr-defined]
     options = {opt for p in command.params for opt in getattr(p, "opts", [])}
-    flags = {f"--{f.replace('_', '-')}" for f in SampleParams.model_fields} - {"--input", "--output"}
+    flags = {f"--{f.replace('_', '-')}" for f in SampleParams.model_fields} - {
+        "--input",
+        "--output",
+    }
     assert flags <= options
     assert {"--margin", "--confidence", "--seed", "--dry-run", "--by", "--source"} <= options
     arguments = [p.name for p in command.params if p.param_type_name == "argument"]

@@ -56,7 +56,11 @@ def test_funnel_anomaly_kept_when_the_minimum_asks(population, tmp_path):
     lifted = run(population, tmp_path / "b", fraction=0.01, min_per_stratum=3)
     for split in SPLITS:
         anomaly = {
-            name: next(r for r in rep["splits"][split]["strata"] if r["click"] == 0 and r["conversion"] == 1)
+            name: next(
+                r
+                for r in rep["splits"][split]["strata"]
+                if r["click"] == 0 and r["conversion"] == 1
+            )
             for name, rep in (("plain", plain), ("lifted", lifted))
         }
         assert anomaly["plain"]["N"] >= 1 and anomaly["plain"]["n"] == 0
@@ -159,9 +163,7 @@ def test_by_scenario(population, tmp_path):
 
 def test_explicit_fractions(population, tmp_path):
     fractions = {"0,0": 0.01, "1,0": 0.2, "1,1": 1.0, "0,1": 1.0}
-    report = run(
-        population, tmp_path / "s", allocation="explicit", stratum_fraction=fractions
-    )
+    report = run(population, tmp_path / "s", allocation="explicit", stratum_fraction=fractions)
     for rep in report["splits"].values():
         for r in rep["strata"]:
             f = fractions[f"{r['click']},{r['conversion']}"]

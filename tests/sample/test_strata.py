@@ -132,7 +132,10 @@ def test_neyman_uses_the_by_groups_variance():
     # Without --by there is one group: Neyman is proportional.
     flat = _population(frame.drop("by_301"))
     same = allocate(flat, 2000, "neyman", min_per_stratum=0)
-    assert same.target.tolist() == allocate(flat, 2000, "proportional", min_per_stratum=0).target.tolist()
+    assert (
+        same.target.tolist()
+        == allocate(flat, 2000, "proportional", min_per_stratum=0).target.tolist()
+    )
 
 
 def test_explicit_fractions():

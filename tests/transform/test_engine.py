@@ -196,7 +196,9 @@ def test_stage_raw_off_reads_archives_with_identical_output(tmp_path: Path) -> N
     transform(raw.parent, staged, None, TransformOptions(workers=2, chunk_bytes=50_000))
     streamed = tmp_path / "streamed"
     summary = transform(
-        archives, streamed, None,
+        archives,
+        streamed,
+        None,
         TransformOptions(workers=2, chunk_bytes=50_000, stage_raw=False),
     )
     assert summary["splits"]["train"]["accounting"]["lines"] > 1500

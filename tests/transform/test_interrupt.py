@@ -20,8 +20,20 @@ def test_ctrl_c_leaves_only_complete_parts(tmp_path: Path) -> None:
     generate(raw, 150_000, "train", seed=1)
     out = tmp_path / "out"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "deepcvr", "transform", str(raw.parent), str(out),
-         "--workers", "2", "--chunk-mb", "1", "--workspace", str(tmp_path / "ws")],
+        [
+            sys.executable,
+            "-m",
+            "deepcvr",
+            "transform",
+            str(raw.parent),
+            str(out),
+            "--workers",
+            "2",
+            "--chunk-mb",
+            "1",
+            "--workspace",
+            str(tmp_path / "ws"),
+        ],
         start_new_session=True,  # its own process group, like a shell job: ^C reaches all
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

@@ -214,8 +214,12 @@ def assert_same_tables(local: Path, spark: Path, split: str) -> dict[str, pl.Dat
         if not got.equals(expected):
             diff = pl.concat(
                 [
-                    got.join(expected, on=got.columns, how="anti").with_columns(side=pl.lit("spark")),
-                    expected.join(got, on=got.columns, how="anti").with_columns(side=pl.lit("local")),
+                    got.join(expected, on=got.columns, how="anti").with_columns(
+                        side=pl.lit("spark")
+                    ),
+                    expected.join(got, on=got.columns, how="anti").with_columns(
+                        side=pl.lit("local")
+                    ),
                 ]
             )
             pytest.fail(f"{split}/{table}: {got.height} vs {expected.height} rows; differ:\n{diff}")
@@ -231,9 +235,9 @@ def test_spark_tables_equal_local_engine_row_for_row(local_out: Path, spark_out:
     assert reasons == ALL_REASONS, ALL_REASONS ^ reasons
     test_rejects = read_tables(spark_out, "test")["rejects"]
     assert test_rejects is not None
-    assert test_rejects.filter(pl.col("reason") == P.FEATURE_FIELD_CONFLICT)["detail"].to_list() == [
-        f"feature {NEW + 2} belongs to field 101"
-    ]
+    assert test_rejects.filter(pl.col("reason") == P.FEATURE_FIELD_CONFLICT)[
+        "detail"
+    ].to_list() == [f"feature {NEW + 2} belongs to field 101"]
     field = pl.read_parquet(spark_out / "field" / "*.parquet")
     assert field.equals(pl.read_parquet(local_out / "field" / "*.parquet"))
 
@@ -269,8 +273,9 @@ def test_schema_is_the_local_engines(spark_out: Path, local_out: Path) -> None:
         ours = next((spark_out / where / table).glob("*.parquet"))
         theirs = next((local_out / where / table).glob("*.parquet"))
         assert _parquet_types(ours) == _parquet_types(theirs), table
-    assert dict(pl.read_parquet_schema(next((spark_out / "train" / "rejects").glob("*.parquet")))) == (
-        SCHEMAS["rejects"]
+    assert (
+        dict(pl.read_parquet_schema(next((spark_out / "train" / "rejects").glob("*.parquet"))))
+        == (SCHEMAS["rejects"])
     )
 
 

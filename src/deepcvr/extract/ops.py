@@ -155,38 +155,51 @@ class DecompressParams(OpParams):
     )
 
 
-@op("extract.decompress", DecompressParams)
-def decompress_op(ctx: OpContext, params: DecompressParams) -> dict[str, Any]:
-    """Unpack the Ali-CCP archives safely (streamed, checked, atomic) into the raw directory."""
-    from deepcvr.extract.decompress import decompress, find_archives
+def _decompress_plan(
+    ctx: OpContext, params: DecompressParams
+) -> tuple[Path, Path, dict[str, Path], list[str]]:
+    from deepcvr.extract.decompress import find_archives
 
     source = ctx.path(params.source) if params.source else ctx.workspace / "external"
     raw_root = ctx.path(params.output) if params.output else ctx.workspace / "raw"
     found = find_archives(source) if source.is_dir() else {}
     wanted = list(dict.fromkeys(params.split)) if params.split else sorted(found)
+    return source, raw_root, found, wanted
+
+
+def _decompress_inputs(ctx: OpContext, params: DecompressParams) -> list[str]:
+    _, _, found, wanted = _decompress_plan(ctx, params)
+    return [str(found[s].resolve()) for s in wanted if s in found]
+
+
+def _decompress_outputs(ctx: OpContext, params: DecompressParams) -> list[str]:
+    _, raw_root, _, wanted = _decompress_plan(ctx, params)
+    return [str((raw_root / s).resolve()) for s in wanted]
+
+
+@op(
+    "extract.decompress",
+    DecompressParams,
+    inputs=_decompress_inputs,
+    outputs=_decompress_outputs,
+)
+def decompress_op(ctx: OpContext, params: DecompressParams) -> dict[str, Any]:
+    """Unpack the Ali-CCP archives safely (streamed, checked, atomic) into the raw directory."""
+    from deepcvr.extract.decompress import decompress
+
+    source, raw_root, found, wanted = _decompress_plan(ctx, params)
     missing = [s for s in wanted if s not in found]
     if not wanted or missing:
         names = " or ".join(aliccp.archive_name(s) for s in (missing or aliccp.SPLITS))
         where = source if source.is_dir() else f"{source} (no such directory)"
         raise DataError(f"no archive to decompress in {where}: expected {names}")
 
+    # Whether a split needs unpacking again is the runner's call (fingerprints of archive and
+    # raw files), so every split asked for is unpacked here.
     summary: dict[str, Any] = {"output": str(raw_root), "splits": {}}
     for split in wanted:
         archive = found[split]
-        if not ctx.force and _up_to_date(archive, raw_root / split, split):
-            log.info("%s: raw files are newer than the archive; skipped (use --force)", split)
-            summary["splits"][split] = {"archive": str(archive), "skipped": "up to date"}
-            continue
         res = decompress(archive, raw_root, split)
-        if ctx.store is not None:
-            for path in res.files:
-                ctx.store.add_asset(
-                    str(path),
-                    "raw_csv",
-                    bytes=path.stat().st_size,
-                    run_id=ctx.run_id,
-                    task=ctx.task,
-                )
         summary["splits"][split] = {
             "archive": str(archive),
             "files": [str(p) for p in res.files],
@@ -194,12 +207,3 @@ def decompress_op(ctx: OpContext, params: DecompressParams) -> dict[str, Any]:
         }
     summary["bytes_out"] = sum(s.get("bytes_out", 0) for s in summary["splits"].values())
     return summary
-
-
-def _up_to_date(archive: Path, split_dir: Path, split: str) -> bool:
-    """Like make: both raw CSVs exist and are newer than the archive they came from."""
-    files = aliccp.raw_files(split_dir, split)
-    try:
-        return min(p.stat().st_mtime_ns for p in files) >= archive.stat().st_mtime_ns
-    except FileNotFoundError:
-        return False

@@ -30,7 +30,16 @@ class LoadParams(OpParams):
     )
 
 
-@op("load.database", LoadParams)
+def _input(ctx: OpContext, params: LoadParams) -> list[str]:
+    return [str(ctx.path(params.input or ctx.workspace / "parquet").resolve())]
+
+
+@op(
+    "load.database",
+    LoadParams,
+    inputs=_input,
+    outputs=lambda ctx, params: [params.target],
+)
 def load_op(ctx: OpContext, params: LoadParams) -> dict[str, Any]:
     """Bulk-load the 3NF Parquet tables into the target database, then key and verify them."""
     from deepcvr.load.database import run_load

@@ -38,6 +38,8 @@ class OpContext:
 
 
 OpFunc = Callable[[OpContext, Any], dict[str, Any] | None]
+# What a task reads and writes, as paths or URIs; used for fingerprints, skipping and lineage.
+AssetFunc = Callable[[OpContext, Any], list[str]]
 
 
 @dataclass(frozen=True)
@@ -46,16 +48,27 @@ class OpSpec:
     params: type[OpParams]
     func: OpFunc
     doc: str
+    inputs: AssetFunc | None = None
+    outputs: AssetFunc | None = None  # None: the task cannot be skipped, it always runs
 
 
 REGISTRY: dict[str, OpSpec] = {}
 
 
-def op(name: str, params: type[OpParams]) -> Callable[[OpFunc], OpFunc]:
-    """Register `func` as pipeline op `name`; it returns a JSON-able summary dict (or None)."""
+def op(
+    name: str,
+    params: type[OpParams],
+    inputs: AssetFunc | None = None,
+    outputs: AssetFunc | None = None,
+) -> Callable[[OpFunc], OpFunc]:
+    """Register `func` as pipeline op `name`; it returns a JSON-able summary dict (or None).
+
+    `inputs`/`outputs` name what a task reads and writes; with `outputs` declared, a task whose
+    params, inputs and outputs are unchanged since its last success is skipped."""
 
     def decorate(func: OpFunc) -> OpFunc:
-        REGISTRY[name] = OpSpec(name, params, func, (func.__doc__ or "").strip().splitlines()[0])
+        doc = (func.__doc__ or "").strip().splitlines()[0]
+        REGISTRY[name] = OpSpec(name, params, func, doc, inputs, outputs)
         return func
 
     return decorate

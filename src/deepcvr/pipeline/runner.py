@@ -17,8 +17,9 @@ from deepcvr import cancel
 from deepcvr.errors import ConfigError, DeepCVRError
 from deepcvr.logsetup import make_console
 from deepcvr.metadata import MetadataStore
-from deepcvr.pipeline import dag
+from deepcvr.pipeline import dag, incremental
 from deepcvr.pipeline.config import Pipeline, known_ops
+from deepcvr.pipeline.lock import workspace_lock
 from deepcvr.pipeline.ops import OpContext, OpParams, OpSpec
 from deepcvr.secrets import mask_text
 
@@ -95,80 +96,108 @@ def run_pipeline(
     run_id = new_run_id()
     ops = known_ops()
     outcomes = {name: TaskOutcome(op=pipeline.config.tasks[name].op) for name in order}
-    source = str(pipeline.path) if pipeline.path else None
-    store.start_run(
-        run_id, pipeline.name, source, {**pipeline.masked, "force": force, "from": from_task}
-    )
-    store.plan_tasks(run_id, [(name, outcomes[name].op) for name in order])
-    log.info(
-        "run %s: pipeline %s, %d task(s), workspace %s",
-        run_id,
-        pipeline.name,
-        len(order),
-        workspace,
-    )
-    started = time.monotonic()
-    cancel.reset()
+    with workspace_lock(workspace, run_id, store):
+        source = str(pipeline.path) if pipeline.path else None
+        store.start_run(
+            run_id, pipeline.name, source, {**pipeline.masked, "force": force, "from": from_task}
+        )
+        store.plan_tasks(run_id, [(name, outcomes[name].op) for name in order])
+        log.info(
+            "run %s: pipeline %s, %d task(s), workspace %s",
+            run_id,
+            pipeline.name,
+            len(order),
+            workspace,
+        )
+        started = time.monotonic()
+        cancel.reset()
 
-    executor = ThreadPoolExecutor(pipeline.config.max_parallel, thread_name_prefix="deepcvr")
-    running: dict[Future[None], str] = {}
-    try:
-        ts = dag.sorter(graph)
-        ts.prepare()
-        while ts.is_active():
-            skipped_now = False
-            for name in sorted(ts.get_ready()):
-                if name in skip:
-                    _skip(store, run_id, name, outcomes[name], skip[name])
+        executor = ThreadPoolExecutor(pipeline.config.max_parallel, thread_name_prefix="deepcvr")
+        running: dict[Future[None], str] = {}
+        reran: set[str] = set()  # tasks that ran in this run: their dependants must run too
+        try:
+            ts = dag.sorter(graph)
+            ts.prepare()
+            while ts.is_active():
+                skipped_now = False
+                for name in sorted(ts.get_ready()):
+                    if name in skip:
+                        _skip(store, run_id, name, outcomes[name], skip[name])
+                        ts.done(name)
+                        skipped_now = True
+                        continue
+                    ctx = OpContext(
+                        workspace=workspace, run_id=run_id, task=name, force=force, store=store
+                    )
+                    spec = ops[outcomes[name].op]
+                    upstream = sorted(reran & dag.ancestors(graph, name))
+                    decision = incremental.decide(
+                        store,
+                        pipeline.name,
+                        name,
+                        spec,
+                        ctx,
+                        pipeline.task_params[name],
+                        forced=force or (from_task is not None),
+                        upstream_ran=upstream,
+                    )
+                    if not decision.run:
+                        _skip(store, run_id, name, outcomes[name], decision.reason)
+                        ts.done(name)
+                        skipped_now = True
+                        continue
+                    log.info("task %s will run: %s", name, decision.reason)
+                    reran.add(name)
+                    outcomes[name].status = "running"
+                    fut = executor.submit(
+                        _execute,
+                        spec,
+                        pipeline.task_params[name],
+                        ctx,
+                        store,
+                        outcomes[name],
+                        table,
+                        decision,
+                        pipeline.name,
+                    )
+                    running[fut] = name
+                if skipped_now:
+                    continue  # skipping may have made more tasks ready
+                if not running:
+                    raise RuntimeError("scheduler stalled with tasks left")  # unreachable in a DAG
+                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    name = running.pop(fut)
+                    fut.result()  # re-raises a KeyboardInterrupt raised inside the task
+                    if outcomes[name].status == "failed":
+                        for child in dag.dependants(graph, name):
+                            skip.setdefault(child, f"upstream task {name} failed")
                     ts.done(name)
-                    skipped_now = True
-                    continue
-                ctx = OpContext(
-                    workspace=workspace, run_id=run_id, task=name, force=force, store=store
-                )
-                spec = ops[outcomes[name].op]
-                outcomes[name].status = "running"
-                fut = executor.submit(
-                    _execute, spec, pipeline.task_params[name], ctx, store, outcomes[name], table
-                )
-                running[fut] = name
-            if skipped_now:
-                continue  # skipping may have made more tasks ready
-            if not running:
-                raise RuntimeError("scheduler stalled with tasks left")  # unreachable in a DAG
-            done, _ = wait(running, return_when=FIRST_COMPLETED)
-            for fut in done:
-                name = running.pop(fut)
-                fut.result()  # re-raises a KeyboardInterrupt raised inside the task
-                if outcomes[name].status == "failed":
-                    for child in dag.dependants(graph, name):
-                        skip.setdefault(child, f"upstream task {name} failed")
-                ts.done(name)
-    except KeyboardInterrupt:
-        # Ops run in threads: ask them to stop at their next checkpoint and give them a moment,
-        # so they remove their temp files instead of dying mid-write.
-        cancel.request()
-        wait(running, timeout=STOP_GRACE_SECONDS)
-        executor.shutdown(wait=False, cancel_futures=True)
-        _interrupt(store, run_id, outcomes)
-        if table:
-            _print_table(run_id, "interrupted", outcomes, time.monotonic() - started)
-        raise
-    except BaseException:
-        executor.shutdown(wait=False, cancel_futures=True)
-        store.end_run(run_id, "failed", error="internal error in the runner")
-        raise
-    executor.shutdown(wait=True)
+        except KeyboardInterrupt:
+            # Ops run in threads: ask them to stop at their next checkpoint and give them a moment,
+            # so they remove their temp files instead of dying mid-write.
+            cancel.request()
+            wait(running, timeout=STOP_GRACE_SECONDS)
+            executor.shutdown(wait=False, cancel_futures=True)
+            _interrupt(store, run_id, outcomes)
+            if table:
+                _print_table(run_id, "interrupted", outcomes, time.monotonic() - started)
+            raise
+        except BaseException:
+            executor.shutdown(wait=False, cancel_futures=True)
+            store.end_run(run_id, "failed", error="internal error in the runner")
+            raise
+        executor.shutdown(wait=True)
 
-    failed = [n for n in order if outcomes[n].status == "failed"]
-    status = "failed" if failed else "succeeded"
-    error = "; ".join(f"{n}: {outcomes[n].error}" for n in failed) or None
-    store.end_run(run_id, status, error=error)
-    elapsed = time.monotonic() - started
-    log.info("run %s %s in %.1f s", run_id, status, elapsed)
-    if table:
-        _print_table(run_id, status, outcomes, elapsed)
-    return RunResult(run_id, status, outcomes)
+        failed = [n for n in order if outcomes[n].status == "failed"]
+        status = "failed" if failed else "succeeded"
+        error = "; ".join(f"{n}: {outcomes[n].error}" for n in failed) or None
+        store.end_run(run_id, status, error=error)
+        elapsed = time.monotonic() - started
+        log.info("run %s %s in %.1f s", run_id, status, elapsed)
+        if table:
+            _print_table(run_id, status, outcomes, elapsed)
+        return RunResult(run_id, status, outcomes)
 
 
 def _execute(
@@ -178,14 +207,23 @@ def _execute(
     store: MetadataStore,
     out: TaskOutcome,
     loud: bool = True,
+    decision: incremental.Decision | None = None,
+    pipeline_name: str = "",
 ) -> None:
     """Run one task in a worker thread and record it; only BaseExceptions escape."""
     store.start_task(ctx.run_id, ctx.task, spec.name)
     log.info("task %s (%s) started", ctx.task, spec.name)
     start = time.monotonic()
+    # Until it succeeds again, the task's old outputs are not trusted (it may have half
+    # replaced them): forget its state first, so a crash now means a rerun next time.
+    store.forget_task_state(pipeline_name, ctx.task)
     try:
+        if incremental.clean_leftovers(spec, ctx, params):
+            log.info("task %s: removed temp files left by an interrupted run", ctx.task)
         result = spec.func(ctx, params)
         out.status, out.result = "succeeded", result if isinstance(result, dict) else None
+        if decision is not None:
+            incremental.record_success(store, pipeline_name, spec, ctx, params, decision, result)
     except DeepCVRError as e:
         out.status, out.error, out.exit_code = "failed", mask_text(str(e)), e.exit_code
     except Exception as e:  # a bug or an unexpected library error: keep the run going

@@ -20,13 +20,11 @@ from deepcvr.quality import plots
 from deepcvr.quality.sources import connect, duckdb_file
 from deepcvr.schema import MODEL, REJECTS
 
-STRATA = ((0, 0), (1, 0), (1, 1), (0, 1))
-SIDES = {  # kind -> (row table, feature table, key column, what a row is)
-    "sample": ("sample", "sample_feature", "sample_id", "impression"),
-    "common": ("common_feature_group", "common_feature", "common_feature_index", "common row"),
+SIDES = {  # kind -> (row table, feature table, key column)
+    "sample": ("sample", "sample_feature", "sample_id"),
+    "common": ("common_feature_group", "common_feature", "common_feature_index"),
 }
 ZIPF_POINTS_PER_DECADE = 24  # rank-frequency curves keep ~this many log-spaced ranks a decade
-MAX_SCENARIOS = 30
 HIST_BINS = 60
 
 
@@ -67,7 +65,7 @@ SELECT split, field_id, count(*) AS rows_with, sum(n) AS structures FROM (
 def coverage(con: duckdb.DuckDBPyConnection) -> dict[tuple[str, str], tuple[int, int]]:
     """(split, field) -> (rows having the field, its structures), for both sides."""
     out = {}
-    for _rows, features, key, _what in SIDES.values():
+    for _rows, features, key in SIDES.values():
         for split, field, rows_with, structures in _q(
             con, COVERAGE_SQL.format(key=key, features=features)
         ):
@@ -90,7 +88,7 @@ def structure_histograms(
 ) -> dict[tuple[str, str], list[tuple[int, int, int]]]:
     """(kind, split) -> bins (lo, hi, rows) of loaded structures per row, zero-count bins kept."""
     out = {}
-    for kind, (rows, features, key, _what) in SIDES.items():
+    for kind, (rows, features, key) in SIDES.items():
         con.execute(DIST_SQL.format(kind=kind, rows=rows, key=key, features=features))
         for split, top in _q(con, f"SELECT split, max(n) FROM dist_{kind} GROUP BY split"):
             width = 1 if top < HIST_BINS else int(plots.nice_ticks(top, HIST_BINS)[1])

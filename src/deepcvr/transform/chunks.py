@@ -46,8 +46,12 @@ class RawSource:
 
     def fingerprint(self) -> dict[str, Any]:
         st = os.stat(self.path)
-        return {"path": os.path.abspath(self.path), "member": self.member,
-                "bytes": st.st_size, "mtime": st.st_mtime}
+        return {
+            "path": os.path.abspath(self.path),
+            "member": self.member,
+            "bytes": st.st_size,
+            "mtime": st.st_mtime,
+        }
 
 
 @dataclass(frozen=True)
@@ -125,8 +129,9 @@ def plan_chunks(
                 fill(SCAN_BLOCK)
             at_end = eof and len(buf) == off
             yield (
-                ChunkSpec(split, kind, source.path, source.member, seq, pos, len(data), line,
-                          at_end),
+                ChunkSpec(
+                    split, kind, source.path, source.member, seq, pos, len(data), line, at_end
+                ),
                 data,
             )
             line += data.count(b"\n") + (0 if data.endswith(b"\n") else 1)
@@ -186,6 +191,7 @@ def run_chunk(
     )
     result = parse_chunk(data, ctx)
     del data
+    parts = {}
     for table, frame in result.tables.items():
         if table == "rejects" and frame.is_empty():
             # No file for an empty rejects part, but remove one a previous parse left behind.
@@ -194,7 +200,8 @@ def run_chunk(
         target = part_path(out, SIDE_TABLES.get(table, table), spec)
         with atomic_file(target) as tmp:
             frame.write_parquet(tmp, compression=compression, statistics=True)
-    manifest = {"spec": asdict(spec), "stats": result.stats}
+        parts[str(target.relative_to(out))] = target.stat().st_size
+    manifest = {"spec": asdict(spec), "stats": result.stats, "parts": parts}
     with atomic_file(manifest_path(out, spec)) as tmp:
         tmp.write_text(json.dumps(manifest))
     return result.stats
@@ -209,4 +216,10 @@ def read_manifest(out_split: Path, spec: ChunkSpec) -> dict[str, Any] | None:
         manifest = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
-    return manifest["stats"] if manifest.get("spec") == asdict(spec) else None
+    if manifest.get("spec") != asdict(spec):
+        return None
+    for rel, size in manifest.get("parts", {}).items():  # the parts must still be there, whole
+        part = out_split / rel
+        if not part.is_file() or part.stat().st_size != size:
+            return None
+    return manifest["stats"]

@@ -234,7 +234,8 @@ def find_sources(
     if missing or not wanted:
         if stage_raw:
             names = ", ".join(
-                f"{c.name} + {k.name}" for s in (missing or SPLITS)
+                f"{c.name} + {k.name}"
+                for s in (missing or SPLITS)
                 for c, k in [raw_files(raw_dir, s)]
             )
         else:
@@ -247,12 +248,16 @@ def find_sources(
     for split in wanted:
         if stage_raw:
             common, skeleton = raw_files(split_dir(raw_dir, split), split)
-            sources[split] = {"common": RawSource(str(common)),
-                              "skeleton": RawSource(str(skeleton))}
+            sources[split] = {
+                "common": RawSource(str(common)),
+                "skeleton": RawSource(str(skeleton)),
+            }
         else:
             archive = str(raw_dir / archive_name(split))
-            sources[split] = {"common": RawSource(archive, common_name(split)),
-                              "skeleton": RawSource(archive, skeleton_name(split))}
+            sources[split] = {
+                "common": RawSource(archive, common_name(split)),
+                "skeleton": RawSource(archive, skeleton_name(split)),
+            }
     return sources
 
 

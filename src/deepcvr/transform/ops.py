@@ -31,7 +31,16 @@ class TransformParams(OpParams):
     )
 
 
-@op("transform.aliccp", TransformParams)
+def _input(ctx: OpContext, params: TransformParams) -> list[str]:
+    default = "raw" if params.stage_raw else "external"
+    return [str(ctx.path(params.input or ctx.workspace / default).resolve())]
+
+
+def _output(ctx: OpContext, params: TransformParams) -> list[str]:
+    return [str(ctx.path(params.output or ctx.workspace / "parquet").resolve())]
+
+
+@op("transform.aliccp", TransformParams, inputs=_input, outputs=_output)
 def transform_op(ctx: OpContext, params: TransformParams) -> dict[str, Any]:
     """Parse raw Ali-CCP CSVs into 3NF Parquet tables, with rejects and accounting."""
     from deepcvr.transform.engine import run_transform

@@ -203,9 +203,7 @@ def find_splits(fs: HadoopFS, raw: str, wanted: list[str] | None) -> dict[str, s
     names = wanted or list(present)
     missing = [s for s in names if s not in present]
     if missing or not names:
-        expected = ", ".join(
-            f"{common_name(s)} + {skeleton_name(s)}" for s in (missing or SPLITS)
-        )
+        expected = ", ".join(f"{common_name(s)} + {skeleton_name(s)}" for s in (missing or SPLITS))
         raise DataError(
             f"{raw}: no raw files for {', '.join(missing) or 'any split'} "
             f"(expected {expected}); check the path or run decompress"
@@ -315,8 +313,20 @@ def transform_split(
         keys = job.keep(c_lines.filter(F.col("reason").isNull()).select("idx"))
         s_facts, s_lines = _lines(job, skeleton_uri, "skeleton", _small(keys, keys.count()))
         frames = [
-            KindFrames("common", common_name(split), c_lines, job.keep(S.structures(c_lines, "common")), facts=c_facts),
-            KindFrames("skeleton", skeleton_name(split), s_lines, job.keep(S.structures(s_lines, "skeleton")), facts=s_facts),
+            KindFrames(
+                "common",
+                common_name(split),
+                c_lines,
+                job.keep(S.structures(c_lines, "common")),
+                facts=c_facts,
+            ),
+            KindFrames(
+                "skeleton",
+                skeleton_name(split),
+                s_lines,
+                job.keep(S.structures(s_lines, "skeleton")),
+                facts=s_facts,
+            ),
         ]
         # Feature -> field: the first valid structure wins (earlier splits, common, line, position).
         split_pairs = job.keep(
@@ -332,7 +342,9 @@ def transform_split(
         lit_split = F.lit(split).alias("split")
         job.write(
             c_lines.filter(F.col("reason").isNull()).select(
-                lit_split, F.col("idx").alias("common_feature_index"), F.col("num").alias("num_features")
+                lit_split,
+                F.col("idx").alias("common_feature_index"),
+                F.col("num").alias("num_features"),
             ),
             f"{tmp}/common_feature_group",
         )
@@ -360,9 +372,7 @@ def transform_split(
             assert fr.final is not None
             n = fr.counts["rejected_lines"] + fr.counts["flagged_lines"]
             n += fr.counts["rejected_structures"]
-            part = S.line_rejects(fr.lines).unionByName(
-                S.structure_rejects(fr.final, fr.lines)
-            )
+            part = S.line_rejects(fr.lines).unionByName(S.structure_rejects(fr.final, fr.lines))
             part = S.with_reject_columns(_small(part, n), S.byte_offsets(fr.lines), split, fr.file)
             rejects = part if rejects is None else rejects.unionByName(part)
         assert rejects is not None

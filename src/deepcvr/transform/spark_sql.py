@@ -94,9 +94,9 @@ def number_lines(spark: SparkSession, uri: str, size: int) -> tuple[DataFrame, F
         rows.append((pid, block, line - first_mono, offset + (bom if i else 0)))
         line += n
         offset += n + nbytes + (bom if i == 0 else 0)
-    bases = local_frame(
-        spark, rows, ("pid", "block", "line_delta", "first_byte"), "long"
-    ).hint("broadcast")
+    bases = local_frame(spark, rows, ("pid", "block", "line_delta", "first_byte"), "long").hint(
+        "broadcast"
+    )
     numbered = (
         raw.withColumn("pid", F.shiftright("mono", PID_SHIFT))
         .join(bases, ["pid", "block"])
@@ -357,12 +357,16 @@ def byte_offsets(lines: DataFrame) -> DataFrame:
 
     Only the narrow columns are shuffled for the window; callers join it to the (few) rejects.
     """
-    before = Window.partitionBy("pid", "block").orderBy("mono").rowsBetween(Window.unboundedPreceding, -1)
+    before = (
+        Window.partitionBy("pid", "block")
+        .orderBy("mono")
+        .rowsBetween(Window.unboundedPreceding, -1)
+    )
     return lines.select(
         "line",
-        (
-            F.col("first_byte") + F.coalesce(F.sum(F.col("nbytes") + 1).over(before), F.lit(0))
-        ).alias("byte_offset"),
+        (F.col("first_byte") + F.coalesce(F.sum(F.col("nbytes") + 1).over(before), F.lit(0))).alias(
+            "byte_offset"
+        ),
     )
 
 
@@ -391,9 +395,7 @@ def line_rejects(lines: DataFrame) -> DataFrame:
         F.lit(None).cast("string").alias("detail"),
         F.substring("text", 1, P.RAW_TEXT_LIMIT).alias("raw"),
     )
-    flagged = lines.filter(
-        F.col("reason").isNull() & (F.col("num") != F.col("structures"))
-    ).select(
+    flagged = lines.filter(F.col("reason").isNull() & (F.col("num") != F.col("structures"))).select(
         "line",
         F.lit(None).cast("short").alias("position"),
         F.lit(P.FEATURE_NUM_MISMATCH).alias("reason"),
@@ -410,8 +412,16 @@ def structure_rejects(final: DataFrame, lines: DataFrame) -> DataFrame:
     rejected = final.filter(F.col("reason").isNotNull())
     text = lines.select("line", "text", "fl_start")
     item = F.get(F.split(feature_list(text), ITEM_SEP, -1), F.col("position").cast("int"))
-    missing = rejected.filter(F.col("raw").isNull()).join(text, "line").select(
-        "line", "position", "reason", "detail", F.substring(item, 1, P.RAW_TEXT_LIMIT).alias("raw")
+    missing = (
+        rejected.filter(F.col("raw").isNull())
+        .join(text, "line")
+        .select(
+            "line",
+            "position",
+            "reason",
+            "detail",
+            F.substring(item, 1, P.RAW_TEXT_LIMIT).alias("raw"),
+        )
     )
     known = rejected.filter(F.col("raw").isNotNull()).select(
         "line", "position", "reason", "detail", "raw"
