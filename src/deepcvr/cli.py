@@ -19,6 +19,7 @@ from typing import Any, Optional
 import typer
 from pydantic import ValidationError
 from rich.table import Table
+from rich.tree import Tree
 from typer.core import TyperGroup
 
 from deepcvr.cliparams import add_op_command, fail
@@ -192,6 +193,50 @@ def history(
             error,
         )
     make_console().print(table)
+
+
+@app.command()
+def lineage(
+    asset: str = typer.Argument(..., metavar="ASSET", help="A file, directory or target URL."),
+    workspace: Optional[str] = STATUS_WORKSPACE,  # noqa: UP045
+) -> None:
+    """Show where an asset came from (upstream, recursively) and what used it."""
+    store = _open_store(workspace)
+    if store is None:
+        fail(f"no metadata store found{_where(store, workspace)}", 1)
+    uri = asset if "://" in asset else str(Path(asset).resolve())
+    made, used = store.lineage(uri)
+    known = [a for a in store.assets() if a["uri"] == uri]
+    if not made and not used and not known:
+        fail(f"{asset}: no such asset recorded in {store.path}; see `deepcvr status`", 1)
+    tree = Tree(f"[bold]{uri}[/]")
+    if known:
+        a = known[-1]
+        tree.add(
+            f"{a['kind']}, {a['bytes'] or 0:,} bytes, checksum {a['checksum']}, "
+            f"made by {a['task']} in run {a['run_id']} at {_time(a['created_at'])}"
+        )
+    _upstream(store, tree.add("came from"), uri, seen=set())
+    users = tree.add("used by")
+    for run_id, task in dict.fromkeys((e["run_id"], e["task"]) for e in used):
+        outputs = sorted(
+            {e["output_uri"] for e in used if (e["run_id"], e["task"]) == (run_id, task)}
+        )
+        users.add(f"{task} (run {run_id}) -> {', '.join(outputs)}")
+    make_console().print(tree)
+
+
+def _upstream(store: MetadataStore, node: Tree, uri: str, seen: set[str]) -> None:
+    made, _ = store.lineage(uri)
+    if not made or uri in seen:
+        return
+    seen.add(uri)
+    run_id, task = made[0]["run_id"], made[0]["task"]  # the newest production
+    branch = node.add(f"{task} (run {run_id})")
+    for edge in made:
+        if (edge["run_id"], edge["task"]) == (run_id, task):
+            child = branch.add(edge["input_uri"])
+            _upstream(store, child, edge["input_uri"], seen)
 
 
 def _find_store(workspace: str | None) -> Path | None:

@@ -12,7 +12,9 @@ from pathlib import Path
 
 import duckdb
 import pytest
+from typer.testing import CliRunner
 
+from deepcvr.cli import app
 from deepcvr.metadata import MetadataStore
 from deepcvr.pipeline.config import load_pipeline
 from deepcvr.pipeline.runner import run_pipeline
@@ -106,6 +108,9 @@ def test_exactly_the_affected_tasks_rerun(tmp_path: Path) -> None:
     made, used = store.lineage(str((ws / "parquet").resolve()))
     assert made and made[0]["task"] == "transform" and made[0]["input_uri"].endswith("raw")
     assert used and used[0]["task"] == "load"
+    shown = CliRunner().invoke(app, ["lineage", str(ws / "parquet"), "--workspace", str(ws)])
+    assert shown.exit_code == 0, shown.output
+    assert "transform" in shown.output and "load" in shown.output and "raw" in shown.output
 
 
 def task_status(ws: Path, task: str) -> str | None:

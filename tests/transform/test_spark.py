@@ -141,6 +141,7 @@ def _bad_test_split(first_index: str) -> bytes:
     return (
         f"888888,0,0,{first_index},1,206\x02{NEW + 2}\x031.0\n"  # train decided: 101 wins
         f"888887,0,0,{first_index},1,216\x02{NEW + 30}\x031.0\n"
+        "bad line\n"
     ).encode()
 
 
@@ -285,7 +286,8 @@ def test_loader_reads_spark_output_unchanged(spark_out: Path, tmp_path: Path) ->
     summary = load(spark_out, f"duckdb:///{tmp_path / 'db.duckdb'}")
     assert all(c["ok"] for c in summary["checks"])
     for table, info in summary["tables"].items():
-        assert info["rows"] == info["parquet_rows"], table
+        if table != "feature":  # one table for both splits: ids shared by them count once
+            assert info["rows"] == info["parquet_rows"], table
     assert summary["tables"]["sample"]["rows"] > 2000
 
 
@@ -322,7 +324,7 @@ def test_non_ascii_line_loses_its_terminator(spark: Any, tmp_path: Path) -> None
     rejects = read_tables(out, "train")["rejects"]
     assert rejects is not None
     assert rejects.select("line", "byte_offset", "reason", "raw").rows() == [
-        (2, 26, P.UNKNOWN_FIELD, "2é6\x029\x031.0")
+        (2, 35, P.UNKNOWN_FIELD, "2é6\x029\x031.0")
     ]
 
 

@@ -91,7 +91,7 @@ def number_lines(spark: SparkSession, uri: str, size: int) -> tuple[DataFrame, F
     rows = []
     line, offset = 1, 0
     for i, (block, first_mono, pid, n, nbytes) in enumerate(groups):
-        rows.append((pid, block, line - first_mono, offset + (bom if i else 0)))
+        rows.append((pid, block, line - first_mono, offset))
         line += n
         offset += n + nbytes + (bom if i == 0 else 0)
     bases = local_frame(spark, rows, ("pid", "block", "line_delta", "first_byte"), "long").hint(
