@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 from deepcvr.errors import DataError
 
 if TYPE_CHECKING:
-    from deepcvr.transform.engine import SplitState, TransformOptions
+    from deepcvr.transform.state import SplitState, TransformOptions
 
 COUNTERS = (
     "bytes",
@@ -36,7 +36,7 @@ def parquet_rows(paths: list[Any]) -> int:
 
 def account_split(state: SplitState, options: TransformOptions) -> dict[str, Any]:
     from deepcvr.transform.chunks import part_path
-    from deepcvr.transform.engine import FEATURE_TABLE, ROW_TABLE
+    from deepcvr.transform.state import FEATURE_TABLE, ROW_TABLE
 
     files: dict[str, dict[str, Any]] = {}
     problems: list[str] = []

@@ -7,24 +7,18 @@ they affect; then the feature table, accounting and a manifest that marks the sp
 
 from __future__ import annotations
 
-import itertools
 import json
 import logging
 import os
 import shutil
-import signal
 import time
-from collections import deque
-from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ProcessPoolExecutor
-from dataclasses import dataclass, field
-from multiprocessing import get_context
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 
-from deepcvr import __version__, cancel
+from deepcvr import __version__
 from deepcvr.aliccp import (
     FIELDS,
     SPLITS,
@@ -38,107 +32,19 @@ from deepcvr.aliccp import (
 from deepcvr.errors import DataError
 from deepcvr.fsutil import atomic_file, remove_temp_leftovers
 from deepcvr.progress import progress
-from deepcvr.transform.chunks import (
-    ChunkSpec,
-    ChunkVerdicts,
-    RawSource,
-    part_path,
-    plan_chunks,
-    read_manifest,
-    run_chunk,
-)
-from deepcvr.transform.parse import DUPLICATE_COMMON_INDEX, DUPLICATE_SAMPLE_ID, Kind
+from deepcvr.transform.chunks import ChunkSpec, RawSource, plan_chunks, read_manifest
+from deepcvr.transform.postpass import merge_features, redo_duplicates, resolve_feature_conflicts
+from deepcvr.transform.reasons import Kind
 from deepcvr.transform.registry import FeatureRegistry
+from deepcvr.transform.state import (
+    MANIFEST,
+    SETTINGS,
+    SplitState,
+    TransformOptions,
+)
+from deepcvr.transform.workers import ChunkRunner
 
 log = logging.getLogger("deepcvr")
-
-MANIFEST = "_manifest.json"
-SETTINGS = "_settings.json"
-COMMON_INDEX = "_common_index.parquet"
-ROW_TABLE = {"common": "common_feature_group", "skeleton": "sample"}
-FEATURE_TABLE = {"common": "common_feature", "skeleton": "sample_feature"}
-
-
-@dataclass
-class TransformOptions:
-    workers: int = field(default_factory=lambda: os.cpu_count() or 1)
-    chunk_bytes: int = 16 << 20
-    max_reject_ratio: float = 0.001
-    compression: str = "snappy"
-    force: bool = False
-    stage_raw: bool = True  # False: read the CSVs straight from the archives in the input dir
-
-
-class ChunkRunner:
-    """Runs chunks in worker processes (or inline for one worker), yielding in submission order."""
-
-    def __init__(self, workers: int) -> None:
-        self.workers = workers
-        self.pool: ProcessPoolExecutor | None = None
-        if workers > 1:
-            # Spawned workers get a fresh Polars thread pool sized so workers x threads = cores;
-            # forking a process that already runs Polars threads can deadlock.
-            threads = max(1, (os.cpu_count() or 1) // workers)
-            saved = os.environ.get("POLARS_MAX_THREADS")
-            os.environ["POLARS_MAX_THREADS"] = str(threads)
-            try:
-                self.pool = ProcessPoolExecutor(
-                    workers, mp_context=get_context("spawn"), initializer=_ignore_sigint
-                )
-                # Start the workers now, while the variable is set.
-                list(self.pool.map(_noop, range(workers)))
-            finally:
-                if saved is None:
-                    os.environ.pop("POLARS_MAX_THREADS", None)
-                else:
-                    os.environ["POLARS_MAX_THREADS"] = saved
-
-    def run(
-        self, jobs: Iterable[tuple[ChunkSpec, tuple[Any, ...]]]
-    ) -> Iterator[tuple[ChunkSpec, dict[str, Any]]]:
-        if self.pool is None:
-            for spec, args in jobs:
-                cancel.check()
-                yield spec, run_chunk(spec, *args)
-            return
-        pending: deque[tuple[ChunkSpec, Future[dict[str, Any]]]] = deque()
-        for spec, args in jobs:
-            cancel.check()
-            pending.append((spec, self.pool.submit(run_chunk, spec, *args)))
-            if len(pending) > 2 * self.workers:  # bounded: memory does not grow with input
-                head, fut = pending.popleft()
-                yield head, fut.result()
-        while pending:
-            head, fut = pending.popleft()
-            yield head, fut.result()
-
-    def close(self, cancel: bool = False) -> None:
-        if self.pool is not None:
-            self.pool.shutdown(wait=True, cancel_futures=cancel)
-            self.pool = None
-
-
-def _noop(_: int) -> None:
-    return None
-
-
-def _ignore_sigint() -> None:
-    """Ctrl-C goes to the whole process group; only the parent decides how to stop, so
-    workers finish (or drop) their chunk cleanly instead of dying mid-write with a traceback."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
-@dataclass
-class SplitState:
-    split: str
-    out: Path
-    files: dict[Kind, RawSource]
-    specs: dict[Kind, list[ChunkSpec]] = field(
-        default_factory=lambda: {"common": [], "skeleton": []}
-    )
-    stats: dict[str, dict[str, Any]] = field(default_factory=dict)  # chunk name -> stats
-    verdicts: dict[str, ChunkVerdicts] = field(default_factory=dict)
-    resumed: int = 0
 
 
 def transform(
@@ -162,7 +68,7 @@ def transform(
             states.append(
                 _transform_split(split, sources[split], out_dir, options, runner, registry)
             )
-        _resolve_feature_conflicts(states, options, runner, registry)
+        resolve_feature_conflicts(states, options, runner, registry)
         _write_field_table(out_dir, options)
         summary = {s.split: _finish_split(s, registry, options) for s in states}
     except BaseException:
@@ -272,10 +178,10 @@ def _transform_split(
     state = SplitState(split, out_dir / split, files)
     _prepare(state.out, _settings(state.files, options), options.force)
     _run_kind(state, "common", options, runner, registry, common_index=None)
-    _redo_duplicates(state, "common", options, runner, registry, common_index=None)
+    redo_duplicates(state, "common", options, runner, registry, common_index=None)
     index_file = _write_common_index(state)
     _run_kind(state, "skeleton", options, runner, registry, common_index=index_file)
-    _redo_duplicates(state, "skeleton", options, runner, registry, common_index=index_file)
+    redo_duplicates(state, "skeleton", options, runner, registry, common_index=index_file)
     return state
 
 
@@ -299,7 +205,7 @@ def _run_kind(
             if done is not None:
                 state.stats[spec.name] = done
                 state.resumed += 1
-                _merge_features(state, spec, registry)
+                merge_features(state, spec, registry)
                 advance(spec.length)
                 continue
             yield spec, (*args, data)
@@ -307,16 +213,8 @@ def _run_kind(
     with progress(f"transform {source.name}", total, unit="B") as advance:
         for spec, stats in runner.run(jobs(advance)):
             state.stats[spec.name] = stats
-            _merge_features(state, spec, registry)
+            merge_features(state, spec, registry)
             advance(spec.length)
-
-
-def _merge_features(state: SplitState, spec: ChunkSpec, registry: FeatureRegistry) -> None:
-    pairs = pl.read_parquet(part_path(state.out, "_features", spec))
-    losers = registry.merge(state.split, pairs)
-    if not losers.is_empty():
-        verdicts = state.verdicts.setdefault(spec.name, ChunkVerdicts())
-        verdicts.field_of.update(zip(losers["feature_id"], losers["winner"], strict=True))
 
 
 def _write_common_index(state: SplitState) -> str:
@@ -326,96 +224,6 @@ def _write_common_index(state: SplitState) -> str:
     with atomic_file(target) as tmp:
         keys.write_parquet(tmp)
     return str(target)
-
-
-def _redo_duplicates(
-    state: SplitState,
-    kind: Kind,
-    options: TransformOptions,
-    runner: ChunkRunner,
-    registry: FeatureRegistry,
-    common_index: str | None,
-) -> None:
-    """A key in two chunks: the first line keeps it; later chunks are parsed again to reject."""
-    specs = state.specs[kind]
-    ranges = sorted(
-        (state.stats[s.name]["key_min"], state.stats[s.name]["key_max"])
-        for s in specs
-        if state.stats[s.name]["key_min"] is not None
-    )
-    if all(prev[1] < nxt[0] for prev, nxt in itertools.pairwise(ranges)):
-        return  # sorted file: no two chunks can share a key
-    reason = DUPLICATE_SAMPLE_ID if kind == "skeleton" else DUPLICATE_COMMON_INDEX
-    dups = (
-        pl.scan_parquet(state.out / "_keys" / f"part-{kind[0]}*.parquet")
-        .filter(pl.col("key").is_duplicated())
-        .filter(pl.col("line") != pl.col("line").min().over("key"))
-        .select("line")
-        .collect()
-        .get_column("line")
-        .to_list()
-    )
-    if not dups:
-        return
-    by_chunk: dict[str, list[int]] = {}
-    for spec in specs:
-        end = spec.first_line + state.stats[spec.name]["lines"]
-        hits = [line for line in dups if spec.first_line <= line < end]
-        if hits:
-            by_chunk[spec.name] = hits
-    for name, lines in by_chunk.items():
-        verdicts = state.verdicts.setdefault(name, ChunkVerdicts())
-        verdicts.reject_lines.update(dict.fromkeys(lines, reason))
-    _reparse(
-        state, [s for s in specs if s.name in by_chunk], options, runner, registry, common_index
-    )
-
-
-def _reparse(
-    state: SplitState,
-    specs: list[ChunkSpec],
-    options: TransformOptions,
-    runner: ChunkRunner,
-    registry: FeatureRegistry,
-    common_index: str | None,
-) -> None:
-    for spec in specs:
-        registry.forget(state.split, pl.read_parquet(part_path(state.out, "_features", spec)))
-    jobs = [
-        (
-            spec,
-            (
-                str(state.out),
-                common_index if spec.kind == "skeleton" else None,
-                state.verdicts.get(spec.name),
-                options.compression,
-            ),
-        )
-        for spec in specs
-    ]
-    for spec, stats in runner.run(jobs):
-        state.stats[spec.name] = stats
-        _merge_features(state, spec, registry)
-
-
-def _resolve_feature_conflicts(
-    states: list[SplitState],
-    options: TransformOptions,
-    runner: ChunkRunner,
-    registry: FeatureRegistry,
-) -> None:
-    """Parse again the chunks where a feature id showed up under a losing field."""
-    for state in states:
-        names = {name for name, v in state.verdicts.items() if v.field_of}
-        if not names:
-            continue
-        specs = [s for kind in ("common", "skeleton") for s in state.specs[kind] if s.name in names]
-        log.info(
-            "%s: %d chunk(s) hold feature/field conflicts; parsing them again",
-            state.split,
-            len(specs),
-        )
-        _reparse(state, specs, options, runner, registry, str(state.out / COMMON_INDEX))
 
 
 def _preload_other_splits(registry: FeatureRegistry, out_dir: Path, wanted: list[str]) -> None:

@@ -106,8 +106,12 @@ def spark_session(settings: dict[str, str]) -> tuple[SparkSession, bool]:
     try:
         return builder.getOrCreate(), True
     except Exception as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ConfigError(f"cannot start Spark: {first}") from None
+        raise ConfigError(f"cannot start Spark: {_first_line(err)}") from None
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
 
 
 # --- file system ----------------------------------------------------------------------------
@@ -188,8 +192,9 @@ def _writable(fs: HadoopFS, out: str) -> None:
         fs.write_text(probe, "")
         fs.delete(probe)
     except Exception as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise DataError(f"{out}: output directory is not writable ({first}); choose another")
+        raise DataError(
+            f"{out}: output directory is not writable ({_first_line(err)}); choose another"
+        ) from None
 
 
 def find_splits(fs: HadoopFS, raw: str, wanted: list[str] | None) -> dict[str, str]:
@@ -220,7 +225,7 @@ class Job:
     fs: HadoopFS
     out: str
     max_reject_ratio: float
-    compression: str = "zstd"
+    compression: str = "snappy"  # as the local engine
     cached: list[DataFrame] = field(default_factory=list)
 
     def keep(self, df: DataFrame) -> DataFrame:
@@ -549,6 +554,11 @@ def run_spark_transform(
     raw_dir: Path, out_dir: Path, params: Any, ctx: Any = None
 ) -> dict[str, Any]:
     """`transform.aliccp` with `engine: spark`: paths may be local or URIs (s3a://, hdfs://)."""
+    if not getattr(params, "stage_raw", True):
+        raise ConfigError(
+            "engine spark reads decompressed CSVs (a tar.gz cannot be split across executors): "
+            "set stage_raw: true and run decompress first"
+        )
     # params.input keeps a URI's '//', which Path() in the caller collapses.
     raw = location(params.input or raw_dir)
     out = location(params.output or out_dir)

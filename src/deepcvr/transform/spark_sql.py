@@ -17,7 +17,7 @@ from pyspark.sql import types as T
 
 from deepcvr.aliccp import FIELD_IDS, FIELD_SEP, ITEM_SEP, VALUE_SEP
 from deepcvr.errors import DataError
-from deepcvr.transform import parse as P
+from deepcvr.transform import reasons as P
 
 # Java regexes: `\z` because Java's `$` also matches before a final line terminator.
 INDEX16 = r"^[0-9a-f]{16}\z"

@@ -1,0 +1,107 @@
+"""Benchmark end to end: archives -> loaded, keyed DuckDB, against the machine's limit.
+
+    python benchmarks/end_to_end.py --samples 1000000 [--full-estimate]
+
+The limit reference is what any tool must at least do: gunzip the archives (isal, to
+/dev/null) plus the naive vectorised Polars parse of the raw CSVs. deepcvr runs its pipeline
+(decompress -> transform -> load with keys and verification), staged and streamed
+(`stage_raw: false`, no raw CSVs on disk).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+from measure import ROOT, Measurement, python, report, run
+
+FULL_ALICCP_RAW_BYTES = 38e9
+
+PIPELINE = """
+name: bench
+workspace: {ws}
+tasks:
+{tasks}
+"""
+STAGED = """  decompress: {{op: extract.decompress, with: {{source: "{src}"}}}}
+  transform: {{op: transform.aliccp, needs: [decompress]}}
+  load: {{op: load.database, needs: [transform], with: {{target: "duckdb:///{ws}/db.duckdb",
+          enforce_keys_max_rows: {enforce}}}}}
+"""
+STREAMED = """  transform: {{op: transform.aliccp, with: {{input: "{src}", stage_raw: false}}}}
+  load: {{op: load.database, needs: [transform], with: {{target: "duckdb:///{ws}/db.duckdb",
+          enforce_keys_max_rows: {enforce}}}}}
+"""
+
+
+def make_archives(data_dir: Path, samples: int) -> tuple[Path, int, int]:
+    sys.path.insert(0, str(ROOT / "src"))
+    from deepcvr.synth import generate
+
+    src = data_dir / f"archives-{samples}"
+    marker = src / "facts.txt"
+    if not marker.exists():
+        shutil.rmtree(src, ignore_errors=True)
+        raw_bytes = structures = 0
+        for split, seed in (("train", 1), ("test", 2)):
+            res = generate(src / "raw" / split, samples // 2, split, seed=seed)
+            raw_bytes += sum(p.stat().st_size for p in res.files)
+            structures += res.sample_structures + res.common_structures
+            generate(src, samples // 2, split, seed=seed, archive=True)
+        marker.write_text(f"{raw_bytes} {structures}")
+    raw_bytes, structures = map(int, marker.read_text().split())
+    return src, raw_bytes, structures
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--samples", type=int, default=1_000_000, help="impressions, both splits")
+    parser.add_argument("--enforce-keys-max-rows", type=int, default=200_000_000)
+    parser.add_argument("--data-dir", type=Path,
+                        default=Path(tempfile.gettempdir()) / "deepcvr-bench")
+    parser.add_argument("--full-estimate", action="store_true")
+    args = parser.parse_args()
+
+    src, raw_bytes, structures = make_archives(args.data_dir, args.samples)
+    archives = sorted(src.glob("*.tar.gz"))
+    print(f"input: {args.samples:,} impressions, {sum(a.stat().st_size for a in archives) / 1e6:.1f}"
+          f" MB of archives, {raw_bytes / 1e6:.1f} MB raw, {structures:,} structures")
+    work = Path(tempfile.mkdtemp(prefix="deepcvr-e2e-"))
+    rows: list[Measurement] = []
+    try:
+        for name, tasks in (("deepcvr end to end (staged)", STAGED),
+                            ("deepcvr end to end (streamed)", STREAMED)):
+            ws = work / name.split("(")[1].rstrip(")")
+            yaml = work / f"{ws.name}.yaml"
+            yaml.write_text(PIPELINE.format(ws=ws, tasks=tasks.format(
+                src=src, ws=ws, enforce=args.enforce_keys_max_rows)))
+            rows.append(run(name, [python(), "-m", "deepcvr", "-q", "run", str(yaml)],
+                            raw_bytes, structures))
+        gunzip = "import isal.igzip as g, sys\nfor a in sys.argv[1:]:\n" \
+                 "    with g.open(a) as f:\n        while f.read(1 << 24): pass\n"
+        unzip = run("isal gunzip to /dev/null", [python(), "-c", gunzip, *map(str, archives)],
+                    raw_bytes, structures)
+        naive = run("naive Polars parse", [python(), str(ROOT / "benchmarks" / "references" /
+                                                            "naive_polars.py"),
+                                            str(src / "raw"), str(work / "naive")],
+                    raw_bytes, structures)
+        limit = Measurement("limit: gunzip + naive parse", unzip.seconds + naive.seconds,
+                            max(unzip.peak_rss, naive.peak_rss), raw_bytes, structures)
+        rows += [unzip, naive, limit]
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    report(rows, limit)
+    for m in rows[:2]:
+        print(f"{m.name}: {m.seconds / limit.seconds:.2f}x the time of the limit reference")
+    if args.full_estimate:
+        for m in rows[:2]:
+            minutes = FULL_ALICCP_RAW_BYTES / (m.mb_per_s * 1e6) / 60
+            print(f"full-estimate: {m.name}: full Ali-CCP (38 GB raw, both splits) ~ "
+                  f"{minutes:.1f} min at {m.mb_per_s:.1f} MB/s")
+
+
+if __name__ == "__main__":
+    main()

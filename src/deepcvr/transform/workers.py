@@ -1,0 +1,73 @@
+"""Worker processes for chunks: spawned, bounded in flight, results in submission order."""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections import deque
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
+from multiprocessing import get_context
+from typing import Any
+
+from deepcvr import cancel
+from deepcvr.transform.chunks import ChunkSpec, run_chunk
+
+
+class ChunkRunner:
+    """Runs chunks in worker processes (or inline for one worker), yielding in submission order."""
+
+    def __init__(self, workers: int) -> None:
+        self.workers = workers
+        self.pool: ProcessPoolExecutor | None = None
+        if workers > 1:
+            # Spawned workers get a fresh Polars thread pool sized so workers x threads = cores;
+            # forking a process that already runs Polars threads can deadlock.
+            threads = max(1, (os.cpu_count() or 1) // workers)
+            saved = os.environ.get("POLARS_MAX_THREADS")
+            os.environ["POLARS_MAX_THREADS"] = str(threads)
+            try:
+                self.pool = ProcessPoolExecutor(
+                    workers, mp_context=get_context("spawn"), initializer=_ignore_sigint
+                )
+                # Start the workers now, while the variable is set.
+                list(self.pool.map(_noop, range(workers)))
+            finally:
+                if saved is None:
+                    os.environ.pop("POLARS_MAX_THREADS", None)
+                else:
+                    os.environ["POLARS_MAX_THREADS"] = saved
+
+    def run(
+        self, jobs: Iterable[tuple[ChunkSpec, tuple[Any, ...]]]
+    ) -> Iterator[tuple[ChunkSpec, dict[str, Any]]]:
+        if self.pool is None:
+            for spec, args in jobs:
+                cancel.check()
+                yield spec, run_chunk(spec, *args)
+            return
+        pending: deque[tuple[ChunkSpec, Future[dict[str, Any]]]] = deque()
+        for spec, args in jobs:
+            cancel.check()
+            pending.append((spec, self.pool.submit(run_chunk, spec, *args)))
+            if len(pending) > 2 * self.workers:  # bounded: memory does not grow with input
+                head, fut = pending.popleft()
+                yield head, fut.result()
+        while pending:
+            head, fut = pending.popleft()
+            yield head, fut.result()
+
+    def close(self, cancel: bool = False) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=cancel)
+            self.pool = None
+
+
+def _noop(_: int) -> None:
+    return None
+
+
+def _ignore_sigint() -> None:
+    """Ctrl-C goes to the whole process group; only the parent decides how to stop, so
+    workers finish (or drop) their chunk cleanly instead of dying mid-write with a traceback."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
