@@ -17,6 +17,12 @@ MASK = "***"
 # user:password@ right after a scheme; the password is anything up to the last '@' of the
 # authority (a raw '@' or '/' in a password is invalid in a URL, so this is a safe bound).
 _URL_PASSWORD = re.compile(r"(?P<head>\b[a-zA-Z][a-zA-Z0-9+.\-]*://[^\s:/@]*):(?P<pw>[^\s/@]*)@")
+# Query parameters of signed URLs (S3 presigned, SAS, tokens) grant access by themselves.
+_SIGNED_QUERY = re.compile(
+    r"(?P<key>[?&](?:X-Amz-(?:Signature|Credential|Security-Token)|Signature|sig|token|"
+    r"access_token|AWSAccessKeyId)=)(?P<value>[^&\s#]+)",
+    re.IGNORECASE,
+)
 _SECRET_KEY = re.compile(r"(^|_)pass(word|wd)?$|secret|token|api_?key|credential", re.IGNORECASE)
 
 # Too-short values would mask unrelated text (e.g. an env var holding "1").
@@ -33,8 +39,10 @@ def register_secret(value: str) -> None:
 
 
 def mask_url(s: str) -> str:
-    """`scheme://user:pw@host/db` -> `scheme://user:***@host/db`; other text is unchanged."""
-    return _URL_PASSWORD.sub(lambda m: f"{m['head']}:{MASK}@" if m["pw"] else m[0], s)
+    """`scheme://user:pw@host/db` -> `scheme://user:***@host/db`, and signature/token query
+    parameters of signed URLs -> `***`; other text is unchanged."""
+    s = _URL_PASSWORD.sub(lambda m: f"{m['head']}:{MASK}@" if m["pw"] else m[0], s)
+    return _SIGNED_QUERY.sub(lambda m: f"{m['key']}{MASK}", s)
 
 
 def mask_text(s: str) -> str:

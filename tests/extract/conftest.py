@@ -178,6 +178,7 @@ class S3Faults:
         self.requests: list[tuple[str, str, str | None]] = []
         self.slowdown = 0
         self.cuts = 0
+        self.cut_after = 0  # object GETs served whole before the cuts start
         self.lock = threading.Lock()
 
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
@@ -186,7 +187,9 @@ class S3Faults:
         with self.lock:
             self.requests.append((method, path, environ.get("HTTP_RANGE")))
             throttle = is_object_get and self.slowdown > 0
-            cut = is_object_get and not throttle and self.cuts > 0
+            cut = is_object_get and not throttle and self.cuts > 0 and self.cut_after == 0
+            if is_object_get and not throttle and self.cut_after > 0:
+                self.cut_after -= 1
             self.slowdown -= throttle
             self.cuts -= cut
         if throttle:
@@ -305,5 +308,5 @@ def s3(moto_server: tuple[S3Faults, str], monkeypatch: pytest.MonkeyPatch, tmp_p
     bucket = f"deepcvr-{uuid.uuid4().hex[:12]}"
     client.create_bucket(Bucket=bucket)
     faults.requests.clear()
-    faults.slowdown = faults.cuts = 0
+    faults.slowdown = faults.cuts = faults.cut_after = 0
     return S3Env(url, bucket, client, faults)

@@ -57,3 +57,33 @@ def test_aliccp_pipeline_from_s3_into_duckdb(s3: S3Env, tmp_path, monkeypatch):
         asset = archives_recorded[f"s3://{s3.bucket}/aliccp/{path.name}"]
         assert asset["checksum"] == f"sha256:{sha256(path.read_bytes())}"
         assert (ws / "external" / path.name).read_bytes() == path.read_bytes()
+
+
+def test_download_task_in_place_and_force(write_pipeline, tmp_path):
+    """The aliccp default (source = WORKSPACE/external) verifies hand-placed archives in place;
+    `force: true` in `with:` fetches again even when the files verify."""
+    ext = tmp_path / "ws" / "external"
+    ext.mkdir(parents=True)
+    (ext / "sample_test.tar.gz").write_bytes(b"placed by hand")
+    path = write_pipeline(
+        "name: d\nworkspace: {ws}\ntasks:\n"
+        "  here: {op: extract.download, with: {source: '${workspace}/external'}}\n"
+    )
+    result = CliRunner().invoke(app, ["run", str(path)])
+    assert result.exit_code == 0, result.output
+    store = MetadataStore.for_workspace(tmp_path / "ws", create=False)
+    (rec,) = store.records(store.latest_run()["run_id"], "download")
+    assert rec["value"]["status"] == "skipped" and "same file" in rec["value"]["checks"]
+
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "sample_train.tar.gz").write_bytes(b"archive bytes")
+    path = write_pipeline(
+        f"name: d\nworkspace: {{ws}}\ntasks:\n  get: {{op: extract.download, with: "
+        f"{{source: '{src}', output: '{tmp_path / 'out'}', link: false, force: true}}}}\n"
+    )
+    for _ in range(2):
+        result = CliRunner().invoke(app, ["run", str(path)])
+        assert result.exit_code == 0, result.output
+        (rec,) = store.records(store.latest_run()["run_id"], "download")
+        assert rec["value"]["status"] == "copied"

@@ -14,6 +14,7 @@ from deepcvr.cli import app
 from deepcvr.errors import ConfigError, DataError
 from deepcvr.extract import verify
 from deepcvr.extract.download import download
+from deepcvr.extract.retry import GaveUp
 from deepcvr.extract.sources import Options
 from deepcvr.extract.sources import s3 as s3mod
 from deepcvr.metadata import MetadataStore
@@ -168,6 +169,36 @@ def test_part_cut_mid_body_is_fetched_again(s3, tmp_path, caplog):
     assert res.files[0].retries == 2 and res.files[0].checks == ["size", "md5 (S3 ETag)"]
     assert s3.gets(f"t/{TRAIN}") == 5 + 2
     assert "IncompleteRead" in caplog.text or "ResponseStreamingError" in caplog.text
+
+
+def test_partial_from_an_earlier_run_is_resumed(s3, tmp_path):
+    data = blob(4 * MiB)
+    s3.put(f"t/{TRAIN}", data)
+    s3.faults.cut_after, s3.faults.cuts = 2, 100  # parts 1-2 arrive, then every GET is cut
+    out = tmp_path / "o"
+    one_by_one = opts(s3, part_size=MiB, concurrency=1, max_retry_seconds=0)
+    with pytest.raises(GaveUp, match=r"giving up"):
+        download(f"s3://{s3.bucket}/t/", out, options=one_by_one)
+    assert visible(out) == [] and (out / f".tmp-{TRAIN}.part").stat().st_size == 2 * MiB
+    s3.faults.cuts = 0
+    s3.faults.requests.clear()
+    res = download(f"s3://{s3.bucket}/t/", out, options=opts(s3, part_size=MiB))
+    ranges = sorted(r for m, p, r in s3.faults.requests if m == "GET" and p.endswith(TRAIN))
+    assert ranges == [f"bytes={a}-{a + MiB - 1}" for a in (2 * MiB, 3 * MiB)]
+    assert (out / TRAIN).read_bytes() == data and hidden_partials(out) == []
+    assert res.files[0].transferred == 2 * MiB and res.files[0].checks[1] == "md5 (S3 ETag)"
+
+    # A new version of the object at the source: the stale partial is not reused.
+    s3.faults.cut_after, s3.faults.cuts = 1, 100
+    new = blob(4 * MiB, 7)
+    s3.put(f"t/{TRAIN}", new)
+    with pytest.raises(GaveUp):
+        download(f"s3://{s3.bucket}/t/", out, options=one_by_one)
+    s3.put(f"t/{TRAIN}", blob(4 * MiB, 8))
+    s3.faults.cuts = 0
+    s3.faults.requests.clear()
+    download(f"s3://{s3.bucket}/t/", out, options=opts(s3, part_size=MiB))
+    assert s3.gets(f"t/{TRAIN}") == 4  # from byte 0
 
 
 def test_throttled_too_long_gives_up(s3, tmp_path):

@@ -232,3 +232,9 @@ def test_validate_schema_command():
     assert (
         "test.step" in json.loads(result.stdout)["$defs"]["TaskConfig"]["properties"]["op"]["enum"]
     )
+
+
+def test_mask_url_hides_signed_url_query_secrets() -> None:
+    url = "https://b.s3.amazonaws.com/k?X-Amz-Credential=AKIA1/x&X-Amz-Signature=abc123&v=1"
+    masked = mask_url(url)
+    assert "AKIA1" not in masked and "abc123" not in masked and "v=1" in masked

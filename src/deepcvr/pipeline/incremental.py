@@ -48,7 +48,9 @@ def decide(
         return Decision(True, "forced", fingerprint, inputs)
     if spec.outputs is None:
         return Decision(True, "always runs (no declared outputs)", fingerprint, inputs)
-    if upstream_ran:
+    if upstream_ran and spec.inputs is None:
+        # Without declared inputs, what upstream rewrote is unknown: rerun to be safe. With
+        # them, the input fingerprints above already tell whether upstream changed anything.
         return Decision(True, f"upstream {', '.join(upstream_ran)} ran", fingerprint, inputs)
     state = store.task_state(pipeline, task)
     if state is None:

@@ -53,7 +53,10 @@ class LocalSource(Source):
                 raise ConfigError(f"source {self.shown} is a file: files: needs a directory source")
             return [self._remote(self.path, self.path.name)]
         if not self.path.is_dir():
-            raise DataError(f"source {self.shown}: no such file or directory")
+            raise DataError(
+                f"source {self.shown}: no such file or directory; point source at the "
+                "archives (e.g. --set source=s3://BUCKET/PREFIX/ or a directory)"
+            )
         top = self._listing(recursive=False)
         if files is None:
             if not any(n in top for n in DEFAULT_FILES):
