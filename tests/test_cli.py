@@ -143,3 +143,23 @@ def test_interrupt_exits_130(write_pipeline, calls):
     result = runner.invoke(app, ["run", str(path)])
     assert result.exit_code == 130
     assert result.stderr.splitlines()[-1] == "error: interrupted"
+
+
+def test_stage_command_that_is_up_to_date_exits_zero(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from deepcvr.synth import generate
+
+    generate(tmp_path / "raw" / "train", 300, "train", seed=1)
+    args = [
+        "transform",
+        str(tmp_path / "raw"),
+        str(tmp_path / "out"),
+        "--workers",
+        "1",
+        "--workspace",
+        str(tmp_path / "ws"),
+    ]
+    first = CliRunner().invoke(app, args)
+    assert first.exit_code == 0, first.output
+    again = CliRunner().invoke(app, args)
+    assert again.exit_code == 0, again.output
+    assert "up to date" in again.output

@@ -101,6 +101,9 @@ def add_op_command(
         pipeline = single_task_pipeline(name, op_name, params_obj, workspace)
         result = run_pipeline(pipeline, force=force, table=False)
         outcome = result.tasks[name]
+        if outcome.status == "skipped":  # up to date: nothing to do is a success
+            typer.echo(json.dumps({"skipped": outcome.note}, indent=2))
+            return
         if outcome.status != "succeeded":
             fail(outcome.error or outcome.status, outcome.exit_code or 1)
         typer.echo(json.dumps(outcome.result, indent=2, default=str))

@@ -11,9 +11,7 @@ from typer.main import get_command
 from typer.testing import CliRunner
 
 from deepcvr.cli import app
-from deepcvr.load.database import load
 from deepcvr.sample.ops import SampleParams
-from deepcvr.transform.engine import TransformOptions, transform
 
 runner = CliRunner()
 
@@ -38,11 +36,11 @@ def test_command_mirrors_the_params_model():
 
 def test_dry_run_prints_the_design_and_writes_nothing(population, tmp_path):
     out = tmp_path / "out"
-    code, stdout, stderr = sample(
-        str(population), str(out), "--dry-run", "--margin", "0.001", "--confidence", "0.99",
-        ws=tmp_path / "ws",
-    )  # fmt: skip
+    args = ["--dry-run", "--margin", "0.001", "--confidence", "0.99"]
+    code, stdout, stderr = sample(str(population), str(out), *args, ws=tmp_path / "ws")
     assert code == 0, stderr
+    assert not out.exists()
+    assert sample(str(population), str(out), *args, ws=tmp_path / "ws")[0] == 0  # never skipped
     assert not out.exists()
     size = json.loads(stdout)["splits"]["train"]["size"]
     assert size["z"] == pytest.approx(2.575829, abs=1e-6) and size["margin"] == 0.001
@@ -80,29 +78,33 @@ def test_missing_raw_dir(tmp_path):
 
 @pytest.fixture(scope="module")
 def loaded(population, tmp_path_factory) -> Path:
-    """The population transformed and loaded into DuckDB with the project's own stages."""
+    """The test split transformed and loaded into DuckDB with the project's own commands."""
     root = tmp_path_factory.mktemp("db")
-    transform(population, root / "parquet", None, TransformOptions(workers=1))
-    load(root / "parquet", f"duckdb:///{root / 'pop.duckdb'}")
-    return root / "pop.duckdb"
+    ws = ["--workspace", str(root / "ws")]
+    parquet, db = root / "parquet", root / "pop.duckdb"
+    args = [str(population), str(parquet), "--split", "test", "--workers", "1", *ws]
+    done = runner.invoke(app, ["-q", "transform", *args])
+    assert done.exit_code == 0, done.stderr
+    done = runner.invoke(app, ["-q", "load", str(parquet), "--target", f"duckdb:///{db}", *ws])
+    assert done.exit_code == 0, done.stderr
+    return db
 
 
 @pytest.mark.parametrize("by", [[], ["--by", "301"]])
 def test_database_source_selects_the_same_sample(population, loaded, tmp_path, by):
     """Same seed, same hash: the sample drawn from the tables is the raw-file sample, and the
     lines rebuilt from the tables are byte-identical to the raw lines."""
-    common = ["--seed", "9", "--fraction", "0.05", *by]
+    common = ["--seed", "9", "--fraction", "0.05", "--split", "test", *by]
     code, _, err = sample(str(population), str(tmp_path / "raw"), *common, ws=tmp_path / "ws")
     assert code == 0, err
     code, stdout, err = sample(
         "-", str(tmp_path / "db"), "--source", f"duckdb:///{loaded}", *common, ws=tmp_path / "ws"
     )
     assert code == 0, err
-    assert json.loads(stdout)["splits"]["train"]["missing_common_rows"] == 0
-    for split in ("train", "test"):
-        for name in (f"sample_skeleton_{split}.csv", f"common_features_{split}.csv"):
-            raw_bytes = (tmp_path / "raw" / split / name).read_bytes()
-            assert raw_bytes and raw_bytes == (tmp_path / "db" / split / name).read_bytes()
+    assert json.loads(stdout)["splits"]["test"]["missing_common_rows"] == 0
+    for name in ("sample_skeleton_test.csv", "common_features_test.csv"):
+        raw_bytes = (tmp_path / "raw" / "test" / name).read_bytes()
+        assert raw_bytes and raw_bytes == (tmp_path / "db" / "test" / name).read_bytes()
 
 
 def test_source_and_raw_dir_conflict(loaded, population, tmp_path):
@@ -116,10 +118,9 @@ def test_source_and_raw_dir_conflict(loaded, population, tmp_path):
 
 def test_load_target_loads_the_sample_as_tables(population, tmp_path):
     target = tmp_path / "sample.duckdb"
-    code, stdout, err = sample(
-        str(population), str(tmp_path / "out"), "--split", "test", "--fraction", "0.1",
-        "--load-target", f"duckdb:///{target}", "--workers", "1", ws=tmp_path / "ws",
-    )  # fmt: skip
+    args = ["--split", "test", "--fraction", "0.1", "--workers", "1"]
+    args += ["--load-target", f"duckdb:///{target}"]
+    code, stdout, err = sample(str(population), str(tmp_path / "out"), *args, ws=tmp_path / "ws")
     assert code == 0, err
     result = json.loads(stdout)
     assert result["load"]["tables"]["sample"]["rows"] == result["sample"]

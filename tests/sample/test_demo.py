@@ -7,6 +7,7 @@ from pathlib import Path
 
 import duckdb
 
+from deepcvr.metadata import MetadataStore, store_path
 from deepcvr.pipeline.config import load_pipeline
 from deepcvr.pipeline.runner import run_pipeline
 
@@ -28,9 +29,8 @@ def test_demo_ingests_its_own_sample(tmp_path):
     train = report["splits"]["train"]
     assert list(report["splits"]) == ["train"] and train["size"]["method"] == "calculator"
     assert train["population"] == 2000 and 0 < train["sample"] < 2000
-    assert {(r["click"], r["conversion"]) for r in train["strata"] if r["n"]} == {
-        (0, 0), (1, 0), (1, 1), (0, 1)
-    }  # fmt: skip
+    present = {(r["click"], r["conversion"]) for r in train["strata"] if r["n"]}
+    assert present == {(0, 0), (1, 0), (1, 1), (0, 1)}
     with duckdb.connect(str(ws / "sample.duckdb"), read_only=True) as con:
         sampled = con.execute("SELECT split, count(*) FROM sample GROUP BY 1").fetchall()
         ids = {r[0] for r in con.execute("SELECT sample_id FROM sample").fetchall()}
@@ -50,3 +50,14 @@ def test_demo_ingests_its_own_sample(tmp_path):
             for r in con.execute("SELECT sample_id FROM sample WHERE split = 'train'").fetchall()
         }
     assert ids <= full  # original sample_ids kept
+
+    # A second run: the sample is up to date (the op says so itself), so the sample's
+    # transform and load are skipped by the runner; lineage links the raw and sample data.
+    again = run_pipeline(load_pipeline(DEMO, [f"workspace={ws}", "samples=2000"]), table=False)
+    assert again.tasks["sample"].status == "succeeded"
+    assert (again.tasks["sample"].result or {})["skipped"] == "up to date"
+    assert again.tasks["sample_transform"].status == "skipped"
+    store = MetadataStore(store_path(ws), create=False)
+    made, used = store.lineage(str((ws / "sample" / "raw").resolve()))
+    assert made[0]["input_uri"] == str((ws / "raw").resolve())
+    assert any(edge["task"] == "sample_transform" for edge in used)

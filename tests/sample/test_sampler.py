@@ -195,3 +195,31 @@ def test_output_must_not_replace_the_input(population):
         run(population, population, fraction=0.1)
     with pytest.raises(ConfigError, match="would replace the input"):
         run(population, population.parent, fraction=0.1)
+
+
+def test_lines_the_transform_rejects_are_not_sampled(population, tmp_path):
+    """With --fraction 1 the sample is the valid input: bad lines are left out and counted, and
+    a CRLF line is copied with its CRLF."""
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    good = sample_lines(population / "sample_skeleton_test.csv")[:300]
+    crlf = good[5].replace(b"\n", b"\r\n")
+    bad = [
+        b"x1,0,0,0123456789abcdef,1,205\x021\x031.0\n",  # bad sample_id
+        b"999001,2,0,0123456789abcdef,1,205\x021\x031.0\n",  # label out of range
+        b"999002,0,0,0123456789abcdef,1\n",  # wrong column count
+        b"999003,0,0,0123456789abcdef,1,205\x021\x031.0,extra\n",  # wrong column count
+        b"999004,0,0,XYZ,1,205\x021\x031.0\n",  # bad index
+        b"999005,0,0,0123456789abcdef,1,\xff\xfe\n",  # not UTF-8
+        b"\n",  # empty
+    ]
+    truncated = good[-1].rstrip(b"\n")  # a last line without its newline
+    body = [*good[:5], crlf, *good[6:150], *bad, *good[150:-1], truncated]
+    (raw / "sample_skeleton_test.csv").write_bytes(b"".join(body))
+    shutil.copy(population / "common_features_test.csv", raw / "common_features_test.csv")
+    report = run(raw, tmp_path / "s", fraction=1.0)
+    rep = report["splits"]["test"]
+    assert rep["invalid_lines"] == len(bad) + 1
+    expected = [*good[:5], crlf, *good[6:-1]]
+    assert sample_lines(tmp_path / "s" / "test" / "sample_skeleton_test.csv") == expected
+    assert rep["population"] == rep["sample"] == len(expected)

@@ -184,9 +184,12 @@ def _write_split(
 
 
 def sample_database(
-    url: str, out_dir: Path, opts: SampleOptions, splits: list[str] | None = None,
+    url: str,
+    out_dir: Path,
+    opts: SampleOptions,
+    splits: list[str] | None = None,
     force: bool = False,
-) -> dict[str, Any]:  # fmt: skip
+) -> dict[str, Any]:
     """Sample the splits of a loaded DuckDB database into OUT_DIR (raw layout)."""
     opts.check()
     path = database_path(url)

@@ -19,13 +19,14 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
-from deepcvr.errors import DataError
+from deepcvr.errors import ConfigError, DataError
 
 MASK64 = (1 << 64) - 1
 _GOLDEN, _M1, _M2 = 0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB
 KEY_BITS = 16  # workers report buckets at this resolution; the histogram may be coarser
 CELL_BUDGET = 1 << 22  # histogram counters (int64): 32 MB at most
 MIN_BITS = 6
+MAX_STRATA = 10_000  # beyond this a --by field is too fine to stratify on (and to report)
 LABELS: tuple[tuple[int, int], ...] = ((0, 0), (1, 0), (1, 1), (0, 1))  # report order
 ABSENT = -1  # a --by field missing from the impression
 
@@ -87,6 +88,11 @@ class StrataHistogram:
             new = new.sort(self.columns).with_row_index("sid", offset=first)
             new = new.with_columns(pl.col("sid").cast(pl.Int64)).select(self.strata.columns)
             self.strata = pl.concat([self.strata, new])
+            if self.strata.height > MAX_STRATA:
+                raise ConfigError(
+                    f"more than {MAX_STRATA} strata: the --by field(s) have too many values; "
+                    "choose a coarser field (e.g. --by 301)"
+                )
             while self.strata.height << self.bits > CELL_BUDGET and self.bits > MIN_BITS:
                 rows, width = self.hist.shape
                 self.hist = self.hist.reshape(rows, width // 2, 2).sum(axis=2)  # merge pairs

@@ -12,7 +12,8 @@ from pydantic import Field
 
 from deepcvr.errors import ConfigError
 from deepcvr.fsutil import TMP_MARK
-from deepcvr.pipeline.ops import OpContext, OpParams, op
+from deepcvr.pipeline.ops import OpContext, OpParams, op, registry
+from deepcvr.secrets import mask_url
 
 
 class SampleParams(OpParams):
@@ -71,7 +72,7 @@ class SampleParams(OpParams):
     chunk_mb: float = Field(16.0, gt=0, description="bytes of raw CSV per chunk, in MB")
 
 
-@op("sample.stratified", SampleParams)
+@op("sample.stratified", SampleParams, inputs=lambda ctx, params: _inputs(ctx, params))
 def sample_op(ctx: OpContext, params: SampleParams) -> dict[str, Any]:
     """Draw a stratified sample (click x conversion strata) of a justified size, with a report."""
     from deepcvr.sample.sampler import SampleOptions, sample_raw
@@ -93,7 +94,7 @@ def sample_op(ctx: OpContext, params: SampleParams) -> dict[str, Any]:
         workers=params.workers or os.cpu_count() or 1,
         chunk_bytes=max(1, int(params.chunk_mb * 1_000_000)),
     )
-    out_dir = ctx.path(params.output) if params.output else ctx.workspace / "sample" / "raw"
+    out_dir = _out_dir(ctx, params)
     if params.source:
         if params.input not in (None, "-", params.source):
             raise ConfigError("give RAW_DIR or --source, not both (use - as RAW_DIR)")
@@ -103,33 +104,84 @@ def sample_op(ctx: OpContext, params: SampleParams) -> dict[str, Any]:
     else:
         if params.input == "-":
             raise ConfigError("RAW_DIR is '-': give --source URL to sample a database")
-        raw_dir = ctx.path(params.input) if params.input else ctx.workspace / "raw"
-        report = sample_raw(raw_dir, out_dir, opts, params.split, ctx.force)
-    if params.load_target and not params.dry_run:
+        report = sample_raw(_raw_dir(ctx, params), out_dir, opts, params.split, ctx.force)
+    if params.dry_run:
+        return _summary(report)
+    target = params.load_target
+    if target and not (report.get("skipped") and _exists(target)):
         report["load"] = _load(ctx, out_dir, params)
+    if not report.get("skipped"):
+        _record(ctx, params, out_dir, report)
     return _summary(report)
 
 
-def _load(ctx: OpContext, out_dir: Path, params: SampleParams) -> dict[str, Any]:
-    """Transform the written sample with the ordinary transform, then load it."""
-    from deepcvr.load.database import load
-    from deepcvr.transform.engine import TransformOptions, transform
+# The op declares its inputs but not its outputs, so the runner never skips it: a dry run must
+# always print, and the op skips itself (returning the earlier report) when OUT_DIR was made
+# from the same inputs and settings. It records its output assets and lineage itself.
+def _inputs(ctx: OpContext, params: SampleParams) -> list[str]:
+    return [params.source] if params.source else [str(_raw_dir(ctx, params).resolve())]
 
+
+def _raw_dir(ctx: OpContext, params: SampleParams) -> Path:
+    return ctx.path(params.input) if params.input else ctx.workspace / "raw"
+
+
+def _out_dir(ctx: OpContext, params: SampleParams) -> Path:
+    return ctx.path(params.output) if params.output else ctx.workspace / "sample" / "raw"
+
+
+def _exists(uri: str) -> bool:
+    from deepcvr.pipeline.fingerprint import local_path
+
+    path = local_path(uri)
+    return path is not None and path.exists()
+
+
+def _record(ctx: OpContext, params: SampleParams, out_dir: Path, report: dict[str, Any]) -> None:
+    if ctx.store is None:
+        return
+    from deepcvr.pipeline.fingerprint import asset_fingerprint
+
+    outputs = [str(out_dir.resolve())] + ([params.load_target] if params.load_target else [])
+    rows = sum(s["sample"] for s in report["splits"].values())
+    for uri in outputs:
+        fp = asset_fingerprint(uri)
+        ctx.store.add_asset(
+            uri,
+            "sample_raw" if uri == outputs[0] else "database",
+            bytes=fp["bytes"] if fp else None,
+            checksum=fp["digest"] if fp else None,
+            rows=rows,
+            run_id=ctx.run_id,
+            task=ctx.task,
+        )
+    ctx.store.add_lineage(ctx.run_id, ctx.task, _inputs(ctx, params), outputs)
+
+
+def _load(ctx: OpContext, out_dir: Path, params: SampleParams) -> dict[str, Any]:
+    """Run the ordinary transform and load ops on the written sample (Parquet in a temp dir)."""
+    ops = registry()
     ctx.workspace.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=TMP_MARK, dir=ctx.workspace) as tmp:
-        parquet = Path(tmp) / "parquet"
-        options = TransformOptions(workers=params.workers or os.cpu_count() or 1, force=True)
-        done = transform(out_dir, parquet, params.split, options)
-        loaded = load(parquet, params.load_target or "")
-    return {"target": params.load_target, "transform_seconds": done["seconds"], **loaded}
+        parquet = str(Path(tmp) / "parquet")
+        transform = {"input": str(out_dir), "output": parquet, "split": params.split}
+        transform["workers"] = params.workers
+        target = params.load_target or ""
+        load = {"input": parquet, "target": target}
+        results = []
+        for name, values in (("transform.aliccp", transform), ("load.database", load)):
+            spec = ops[name]
+            given = {k: v for k, v in values.items() if v is not None}
+            results.append(spec.func(ctx, spec.params.model_validate(given)) or {})
+    seconds = results[0].get("seconds")
+    return {"target": mask_url(target), "transform_seconds": seconds, **results[1]}
 
 
 def _summary(report: dict[str, Any]) -> dict[str, Any]:
     """The op result: totals first (the run table shows them), then the report without the
     input fingerprint (kept in OUT_DIR's report)."""
     splits = report.get("splits", {}).values()
-    head = {
-        "population": sum(s["population"] for s in splits),
-        "sample": sum(s["sample"] for s in splits),
-    }
+    head = {"skipped": report["skipped"]} if "skipped" in report else {}
+    head["population"] = sum(s["population"] for s in splits)
+    head["sample"] = sum(s["sample"] for s in splits)
     return {**head, **{k: v for k, v in report.items() if k != "fingerprint"}}

@@ -107,10 +107,9 @@ def _estimates(frame: pl.DataFrame, confidence: float) -> dict[str, Any]:
         "conv": total("N", sampled & converted),
         "both": total("N", sampled & both),
     }
-    pop = {k: int(total("N", e)) for k, e in (("all", c("N") >= 0), ("click", clicked),
-                                              ("conv", converted), ("both", both))}  # fmt: skip
-    smp = {k: int(total("n", e)) for k, e in (("all", c("n") >= 0), ("click", clicked),
-                                              ("conv", converted), ("both", both))}  # fmt: skip
+    subsets = {"all": pl.lit(True), "click": clicked, "conv": converted, "both": both}
+    pop = {k: int(total("N", e)) for k, e in subsets.items()}
+    smp = {k: int(total("n", e)) for k, e in subsets.items()}
     return {
         "ctr": _estimate(
             pop["click"], pop["all"], smp["click"], smp["all"], w["click"], w["all"], confidence

@@ -58,9 +58,19 @@ class SampleOptions:
         self.by = check_by(self.by)
         if self.allocation == "explicit":
             parse_fractions(self.stratum_fraction)  # fail before reading any data
-        compute_size(1, 0, confidence=self.confidence, margin=self.margin,
-                     relative_margin=self.relative_margin, proportion=0.5,
-                     fraction=self.fraction)  # fmt: skip
+        elif self.stratum_fraction:
+            raise ConfigError("--stratum-fraction applies to --allocation explicit only")
+        if self.fraction is not None and self.size is not None:
+            raise ConfigError("give --fraction or --size, not both")
+        compute_size(  # checks margin, confidence and fraction before any data is read
+            1,
+            0,
+            confidence=self.confidence,
+            margin=self.margin,
+            relative_margin=self.relative_margin,
+            proportion=0.5,
+            fraction=self.fraction,
+        )
 
 
 @dataclass
@@ -124,9 +134,12 @@ def up_to_date(out_dir: Path, fp: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def sample_raw(
-    raw_dir: Path, out_dir: Path, opts: SampleOptions, splits: list[str] | None = None,
+    raw_dir: Path,
+    out_dir: Path,
+    opts: SampleOptions,
+    splits: list[str] | None = None,
     force: bool = False,
-) -> dict[str, Any]:  # fmt: skip
+) -> dict[str, Any]:
     """Sample every requested split of a raw directory into OUT_DIR (raw layout)."""
     opts.check()
     if not raw_dir.is_dir():

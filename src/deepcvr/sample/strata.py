@@ -132,6 +132,8 @@ def allocate(
         if lifted:
             notes.append(f"{lifted} stratum(s) lifted to the minimum of {min_per_stratum}")
         target = np.maximum(target, floor)
+    if method != "proportional" or any("lifted" in note for note in notes):
+        notes.append("shares differ from the population by design: use the weights N_h/n_h")
     empty = int(((target == 0) & (sizes > 0)).sum())
     if empty:
         notes.append(f"{empty} non-empty stratum(s) get no impression; raise --min-per-stratum")
