@@ -94,7 +94,7 @@ def test_dropped_noclick_conversion_is_caught(corpus: Loaded, tmp_path: Path) ->
     )
     checks = run(db, corpus, corpus.raw)
     assert "train: click 0, conversion 1 in raw" in failed(checks)
-    assert checks["train: click 0, conversion 1 in raw"].detail == "raw 2 = loaded 0 + rejected 1"
+    assert checks["train: click 0, conversion 1 in raw"].detail == "raw 2 != loaded 0 + rejected 1"
     assert "train: accounting sample_skeleton_train.csv" in failed(checks)
 
 

@@ -167,10 +167,11 @@ def _noclick_vs_raw(con: duckdb.DuckDBPyConnection, split: str, raw: Path, loade
         raw.name,
         NOCLICK_CONVERSION_SQL,
     )[0][0]
+    ok = in_raw == loaded + rejected
     return Check(
         f"{split}: click 0, conversion 1 in raw",
-        in_raw == loaded + rejected,
-        f"raw {in_raw:,} = loaded {loaded:,} + rejected {rejected:,}",
+        ok,
+        f"raw {in_raw:,} {'=' if ok else '!='} loaded {loaded:,} + rejected {rejected:,}",
         "error",
         {"raw": in_raw, "loaded": loaded, "rejected": rejected},
     )
@@ -214,17 +215,15 @@ def feature_count_checks(con: duckdb.DuckDBPyConnection) -> list[Check]:
         )
         for split, declared, loaded, rejected, flagged, mismatch in _rows(con, sql):
             gap = declared - loaded
-            checks.append(
-                Check(
-                    f"{split}: {FEATURE_TABLE[kind]} rows vs declared feature_num",
-                    gap == rejected + mismatch,
-                    f"declared {declared:,} - loaded {loaded:,} = {gap:,}; rejected structures "
-                    f"{rejected:,} + mismatch of {flagged:,} flagged line(s) {mismatch:,}",
-                    "error",
-                    {"declared": declared, "loaded": loaded, "rejected": rejected,
-                     "mismatch": mismatch},
-                )
-            )  # fmt: skip
+            ok = gap == rejected + mismatch
+            values = {"declared": declared, "loaded": loaded, "rejected": rejected}
+            detail = (
+                f"declared {declared:,} - loaded {loaded:,} = {gap:,} {'=' if ok else '!='} "
+                f"rejected structures {rejected:,} + mismatch of {flagged:,} flagged line(s) "
+                f"{mismatch:,}"
+            )
+            name = f"{split}: {FEATURE_TABLE[kind]} rows vs declared feature_num"
+            checks.append(Check(name, ok, detail, "error", values | {"mismatch": mismatch}))
     return checks
 
 

@@ -62,14 +62,15 @@ SELECT split, field_id, count(*) AS rows_with, sum(n) AS structures FROM (
 """
 
 
-def coverage(con: duckdb.DuckDBPyConnection) -> dict[tuple[str, str], tuple[int, int]]:
-    """(split, field) -> (rows having the field, its structures), for both sides."""
+def coverage(con: duckdb.DuckDBPyConnection) -> dict[tuple[str, str, str], tuple[int, int]]:
+    """(side, split, field) -> (rows having the field, its structures); side is sample or
+    common."""
     out = {}
-    for _rows, features, key in SIDES.values():
+    for side, (_rows, features, key) in SIDES.items():
         for split, field, rows_with, structures in _q(
             con, COVERAGE_SQL.format(key=key, features=features)
         ):
-            out[(split, field)] = (rows_with, int(structures))
+            out[(side, split, field)] = (rows_with, int(structures))
     return out
 
 

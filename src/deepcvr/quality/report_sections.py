@@ -120,7 +120,7 @@ def _fields(data: dict[str, Any], splits: list[str], fields: tuple[Field, ...]) 
         cells = []
         for split in splits:
             total = counts[base_table].get(split, 0)
-            having, structures = cov.get((split, f.field_id), (0, 0))
+            having, structures = cov.get((kind, split, f.field_id), (0, 0))
             cells += [share(having, total), structures / having if having else None]
             series[split].append(100 * having / total if total else None)
         z = zipf.get(f.field_id, {})

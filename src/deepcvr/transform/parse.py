@@ -71,8 +71,11 @@ def split_lines(data: bytes, ctx: ChunkContext) -> pl.DataFrame:
     if len(newlines):
         crlf[: len(newlines)] = buf[np.maximum(newlines - 1, 0)] == 13
         crlf[: len(newlines)] &= newlines > offsets[: len(newlines)]
-    # Length of the line without its terminator ("\n" or "\r\n"), in the (lossy) text.
-    keep = np.diff(text_offsets) - has_newline - crlf
+    # Length of the line without its terminator ("\n" or "\r\n"), in the (lossy) text:
+    # str.slice counts characters, so bytes serve only when the chunk is ASCII.
+    drop = has_newline.astype(np.int64) + crlf
+    keep = np.diff(text_offsets) - drop
+    length = pl.col("keep") if data.isascii() else pl.col("text").str.len_chars() - pl.col("drop")
     return (
         pl.DataFrame(
             {
@@ -80,13 +83,14 @@ def split_lines(data: bytes, ctx: ChunkContext) -> pl.DataFrame:
                 "byte_offset": offsets[:-1] + ctx.byte_offset,
                 "text": pl.from_arrow(text),
                 "keep": keep,
+                "drop": drop,
                 "invalid_utf8": invalid,
                 "has_newline": has_newline,
                 "crlf": crlf,
             }
         )
-        .with_columns(pl.col("text").str.slice(0, pl.col("keep")))
-        .drop("keep")
+        .with_columns(pl.col("text").str.slice(0, length))
+        .drop("keep", "drop")
     )
 
 
@@ -143,6 +147,13 @@ def parse_chunk(data: bytes, ctx: ChunkContext) -> ChunkResult:
     cols = lines.with_columns(
         text.str.splitn(",", ncols).struct.rename_fields(names).alias("cols")
     ).unnest("cols")
+    # A line without any separator still holds one structure when its feature list is one
+    # token ("205": a malformed structure); raw_structures() alone counts it as 0.
+    flist = pl.col("feature_list")
+    lone = (pl.col("structures") == 0) & (flist != "") & ~flist.str.contains(",", literal=True)
+    cols = cols.with_columns(
+        structures=pl.when(lone).then(1).otherwise(pl.col("structures")).cast(pl.Int32)
+    )
     cols = cols.with_columns(
         num=pl.col("feature_num").cast(pl.Int32, strict=False),
         items=pl.col("structures"),
@@ -206,7 +217,7 @@ def parse_chunk(data: bytes, ctx: ChunkContext) -> ChunkResult:
     stats = {
         "bytes": len(data),
         "lines": lines.height,
-        "raw_structures": int(lines.get_column("structures").sum() or 0),
+        "raw_structures": int(cols.get_column("structures").sum() or 0),
         "loaded_lines": rows.height,
         "loaded_structures": feats.height,
         "rejected_lines": rejected_lines,
