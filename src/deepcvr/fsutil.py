@@ -50,15 +50,20 @@ def atomic_dir(final: Path) -> Iterator[Path]:
         raise
 
 
+def remove_path(path: Path) -> None:
+    """Remove a file or a directory tree; a missing one is fine."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
 def remove_temp_leftovers(root: Path) -> int:
     """Delete temp files/dirs left by a killed process; returns how many were removed."""
     removed = 0
     if not root.exists():
         return 0
     for path in sorted(root.rglob(f"{TMP_MARK}*"), key=lambda p: len(p.parts), reverse=True):
-        if path.is_dir():
-            shutil.rmtree(path, ignore_errors=True)
-        else:
-            path.unlink(missing_ok=True)
+        remove_path(path)
         removed += 1
     return removed

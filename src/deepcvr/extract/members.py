@@ -45,13 +45,13 @@ def open_member(archive: Path, name: str) -> Iterator[_CheckedReader]:
         ) from None
     with raw:
         try:
-            tar = tarfile.open(fileobj=raw, mode="r|", bufsize=TAR_BUFSIZE)
-            for member in tar:
-                if member.isreg() and PurePosixPath(member.name).name == name:
-                    stream = tar.extractfile(member)
-                    assert stream is not None
-                    yield _CheckedReader(archive, raw, stream, member.size)
-                    return
+            with tarfile.open(fileobj=raw, mode="r|", bufsize=TAR_BUFSIZE) as tar:
+                for member in tar:
+                    if member.isreg() and PurePosixPath(member.name).name == name:
+                        stream = tar.extractfile(member)
+                        assert stream is not None
+                        yield _CheckedReader(archive, raw, stream, member.size)
+                        return
         except GZIP_ERRORS as e:
             raise _gzip_error(archive, e, raw) from None
         except tarfile.TarError as e:

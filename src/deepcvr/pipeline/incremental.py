@@ -8,11 +8,10 @@ returned, i.e. after its outputs were renamed into place.
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import dataclass, field
 from typing import Any
 
-from deepcvr.fsutil import TMP_MARK
+from deepcvr.fsutil import TMP_MARK, remove_path
 from deepcvr.metadata import MetadataStore
 from deepcvr.pipeline.fingerprint import asset_fingerprint, local_path, task_fingerprint
 from deepcvr.pipeline.ops import OpContext, OpParams, OpSpec
@@ -112,9 +111,6 @@ def clean_leftovers(spec: OpSpec, ctx: OpContext, params: OpParams) -> int:
         if path is None or not path.parent.is_dir():
             continue
         for leftover in path.parent.glob(f"{TMP_MARK}{path.name}.*"):
-            if leftover.is_dir():
-                shutil.rmtree(leftover, ignore_errors=True)
-            else:
-                leftover.unlink(missing_ok=True)
+            remove_path(leftover)
             removed += 1
     return removed

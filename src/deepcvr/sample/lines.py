@@ -17,6 +17,7 @@ import pyarrow as pa
 from deepcvr.aliccp import FIELD_SEP, FIELDS, ITEM_SEP, VALUE_SEP
 from deepcvr.errors import ConfigError
 from deepcvr.sample.keys import ABSENT
+from deepcvr.transform.parse import invalid_utf8_lines
 
 # --by takes a field that occurs once per impression, so each impression has one value.
 BY_FIELDS: tuple[str, ...] = tuple(
@@ -80,23 +81,6 @@ def gather(data: bytes, offsets: np.ndarray, rows: np.ndarray) -> bytes:
     return np.frombuffer(data, dtype=np.uint8)[keep].tobytes()
 
 
-def _invalid_utf8(data: bytes, offsets: np.ndarray) -> np.ndarray:
-    """Lines that are not UTF-8; loops over bad lines only (none in real data)."""
-    invalid = np.zeros(len(offsets) - 1, dtype=bool)
-    if data.isascii():
-        return invalid
-    pos = 0
-    while pos < len(data):
-        try:
-            data[pos:].decode("utf-8")
-            break
-        except UnicodeDecodeError as err:
-            line = int(np.searchsorted(offsets, pos + err.start, side="right")) - 1
-            invalid[line] = True
-            pos = int(offsets[line + 1])
-    return invalid
-
-
 def _text(data: bytes, offsets: np.ndarray) -> tuple[pl.DataFrame, np.ndarray]:
     """One row per line: `text` without its terminator (empty for a line that is not UTF-8),
     and whether the line is usable at all (UTF-8 and ends with a newline)."""
@@ -105,7 +89,7 @@ def _text(data: bytes, offsets: np.ndarray) -> tuple[pl.DataFrame, np.ndarray]:
     ends = offsets[1:]
     newline = (lengths > 0) & (buf[np.maximum(ends - 1, 0)] == 10)
     crlf = newline & (lengths > 1) & (buf[np.maximum(ends - 2, 0)] == 13)
-    invalid = _invalid_utf8(data, offsets)
+    invalid = invalid_utf8_lines(data, offsets)
     payload, text_lengths = data, lengths
     if invalid.any():  # Arrow needs valid UTF-8: drop the bytes of the bad lines
         payload = gather(data, offsets, np.flatnonzero(~invalid))

@@ -6,6 +6,7 @@ no Python loop touches a row or a structure, except the rare invalid-UTF-8 line.
 
 from __future__ import annotations
 
+import codecs
 from dataclasses import dataclass
 
 import numpy as np
@@ -58,7 +59,7 @@ def split_lines(data: bytes, ctx: ChunkContext) -> pl.DataFrame:
     n = len(ends)
     invalid = np.zeros(n, dtype=bool)
     if not data.isascii():
-        invalid = _invalid_utf8_lines(data, offsets)
+        invalid = invalid_utf8_lines(data, offsets)
     payload, text_offsets = data, offsets
     if invalid.any():
         payload, text_offsets = _lossy_payload(data, offsets, invalid)
@@ -111,19 +112,27 @@ def _lossy_payload(
     return b"".join(pieces), new_offsets
 
 
-def _invalid_utf8_lines(data: bytes, offsets: np.ndarray) -> np.ndarray:
-    """Mark lines that are not UTF-8; loops over bad lines only, never over every row."""
+UTF8_WINDOW = 1 << 16
+
+
+def invalid_utf8_lines(data: bytes, offsets: np.ndarray) -> np.ndarray:
+    """Lines that are not UTF-8. Decodes in windows (incremental, so a character cut by a window
+    edge is carried over): linear in the chunk however many lines are bad."""
     invalid = np.zeros(len(offsets) - 1, dtype=bool)
-    pos = 0
-    while pos < len(data):
+    if data.isascii():
+        return invalid
+    view = memoryview(data)
+    pos, size = 0, len(data)
+    while pos < size:
+        end = min(pos + UTF8_WINDOW, size)
         try:
-            data[pos:].decode("utf-8")
-            break
+            _, consumed = codecs.utf_8_decode(view[pos:end], "strict", end == size)
         except UnicodeDecodeError as err:
-            bad = pos + err.start
-            line = int(np.searchsorted(offsets, bad, side="right")) - 1
+            line = int(np.searchsorted(offsets, pos + err.start, side="right")) - 1
             invalid[line] = True
-            pos = int(offsets[line + 1])
+            pos = int(offsets[line + 1])  # go on with the next line
+            continue
+        pos += consumed or (end - pos)
     return invalid
 
 
@@ -292,35 +301,42 @@ def _mark_duplicates(cols: pl.DataFrame, ctx: ChunkContext) -> pl.DataFrame:
     )
 
 
-def _line_rejects(bad: pl.DataFrame, ctx: ChunkContext) -> pl.DataFrame:
-    return bad.select(
+def _line_rows(
+    lines: pl.DataFrame,
+    ctx: ChunkContext,
+    reason: pl.Expr,
+    action: str,
+    structures: pl.Expr,
+    detail: pl.Expr,
+) -> pl.DataFrame:
+    """Rows of the rejects table for whole lines (no structure position)."""
+    return lines.select(
         pl.lit(ctx.split).alias("split"),
         pl.lit(ctx.file_name).alias("file"),
         "line",
         "byte_offset",
         pl.lit(None, dtype=pl.Int16).alias("position"),
-        "reason",
-        pl.lit(REJECTED).alias("action"),
-        "structures",
-        pl.lit(None, dtype=pl.String).alias("detail"),
+        reason.alias("reason"),
+        pl.lit(action).alias("action"),
+        structures.alias("structures"),
+        detail.alias("detail"),
         pl.col("text").str.slice(0, RAW_TEXT_LIMIT).alias("raw"),
     ).cast(SCHEMAS["rejects"])  # type: ignore[arg-type]
+
+
+def _line_rejects(bad: pl.DataFrame, ctx: ChunkContext) -> pl.DataFrame:
+    return _line_rows(
+        bad, ctx, pl.col("reason"), REJECTED, pl.col("structures"), pl.lit(None, dtype=pl.String)
+    )
 
 
 def _mismatch_flags(good: pl.DataFrame, ctx: ChunkContext) -> pl.DataFrame:
     """Declared feature_num differs from the structures present: keep the row, flag it."""
-    flagged = good.filter(pl.col("num") != pl.col("items"))
-    return flagged.select(
-        pl.lit(ctx.split).alias("split"),
-        pl.lit(ctx.file_name).alias("file"),
-        "line",
-        "byte_offset",
-        pl.lit(None, dtype=pl.Int16).alias("position"),
-        pl.lit(FEATURE_NUM_MISMATCH).alias("reason"),
-        pl.lit(FLAGGED).alias("action"),
-        pl.lit(0, dtype=pl.Int32).alias("structures"),
-        pl.format("declared {} structures, found {}", pl.col("num"), pl.col("items")).alias(
-            "detail"
-        ),
-        pl.col("text").str.slice(0, RAW_TEXT_LIMIT).alias("raw"),
-    ).cast(SCHEMAS["rejects"])  # type: ignore[arg-type]
+    return _line_rows(
+        good.filter(pl.col("num") != pl.col("items")),
+        ctx,
+        pl.lit(FEATURE_NUM_MISMATCH),
+        FLAGGED,
+        pl.lit(0, dtype=pl.Int32),
+        pl.format("declared {} structures, found {}", pl.col("num"), pl.col("items")),
+    )
