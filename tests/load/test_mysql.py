@@ -6,6 +6,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import pymysql
 import pytest
 
 from deepcvr.errors import TargetError
@@ -40,6 +41,10 @@ def test_end_to_end(server: Server, dataset: dict[str, Path]) -> None:
     cases.check_summary(server)
 
 
+def test_rejects_text_round_trips(server: Server, dataset: dict[str, Path]) -> None:
+    cases.check_rejects_round_trip(server, dataset)
+
+
 def test_idempotent_and_train_then_test(server: Server, dataset: dict[str, Path]) -> None:
     cases.check_idempotent_and_splits(server, dataset)
 
@@ -65,8 +70,6 @@ def test_stale_staging_tables_are_dropped(server: Server, dataset: dict[str, Pat
 def test_foreign_keys_follow_the_rename(server: Server, dataset: dict[str, Path]) -> None:
     """InnoDB keeps foreign keys with renamed tables: after two swaps every key points at the
     final tables, the old ones are gone, and the keys are enforced."""
-    import pymysql
-
     load(dataset["both"], server.url)
     load(dataset["both"], server.url)
     refs = server.sql(
@@ -81,25 +84,40 @@ def test_foreign_keys_follow_the_rename(server: Server, dataset: dict[str, Path]
         server.sql("INSERT INTO sample_feature VALUES ('train', 987654321, 0, 1, 1.0)")
 
 
-def test_local_infile_disabled(server: Server, dataset: dict[str, Path]) -> None:
-    load(dataset["both"], server.url)
-    before = server.fingerprint()
+def test_local_infile_disabled_on_the_server(server: Server, dataset: dict[str, Path]) -> None:
+    before = server.ensure_loaded(dataset)
     previous = server.sql("SELECT @@GLOBAL.local_infile")[0][0]
-    server.sql("SET GLOBAL local_infile = 0")
+    server.sql("SET GLOBAL local_infile = 0")  # back within milliseconds: the load fails first
     try:
         with pytest.raises(TargetError, match=r"refuses LOAD DATA LOCAL INFILE.*local_infile=1"):
             load(dataset["train"], server.url)
-        assert server.fingerprint() == before
-        summary = load(dataset["train"], server.url, allow_slow_insert=True)
     finally:
         server.sql(f"SET GLOBAL local_infile = {int(previous)}")
+    assert server.fingerprint() == before
+
+
+def test_local_infile_refused_falls_back_to_insert_when_allowed(
+    server: Server, dataset: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A refusal the server check did not predict (here: the client side) is the same one-line
+    error, and --allow-slow-insert loads with INSERT batches instead. The server's global
+    setting is left alone: other loads may be running against it."""
+    before = server.ensure_loaded(dataset)
+    connect = pymysql.connect
+    monkeypatch.setattr(
+        mysql_target.pymysql, "connect", lambda **kw: connect(**{**kw, "local_infile": False})
+    )
+    with pytest.raises(TargetError, match=r"refuses LOAD DATA LOCAL INFILE.*--allow-slow-insert"):
+        load(dataset["train"], server.url)
+    assert server.fingerprint() == before
+    summary = load(dataset["train"], server.url, allow_slow_insert=True)
     assert summary["bulk_path"].startswith("multi-row INSERT")
     assert server.fingerprint() == before
 
 
 def test_wrong_password(server: Server, dataset: dict[str, Path], user: tuple[str, str]) -> None:
     url = server.other_url(user[0], "not-the-password")
-    with pytest.raises(TargetError, match="access denied .* wrong user or password") as err:
+    with pytest.raises(TargetError, match=r"access denied .* wrong user or password") as err:
         load(dataset["both"], url)
     assert "not-the-password" not in str(err.value)
 
@@ -107,9 +125,8 @@ def test_wrong_password(server: Server, dataset: dict[str, Path], user: tuple[st
 def test_no_privilege_to_create(
     server: Server, dataset: dict[str, Path], user: tuple[str, str]
 ) -> None:
-    load(dataset["both"], server.url)
-    before = server.fingerprint()
-    with pytest.raises(TargetError, match="lacks a privilege.*CREATE command denied") as err:
+    before = server.ensure_loaded(dataset)
+    with pytest.raises(TargetError, match=r"lacks a privilege.*CREATE command denied") as err:
         load(dataset["both"], server.other_url(*user))
     assert user[1] not in str(err.value)
     assert server.fingerprint() == before
@@ -134,6 +151,4 @@ def test_missing_parquet_table(server: Server, dataset: dict[str, Path], tmp_pat
 
 
 def test_demo_pipeline_through_the_cli(server: Server, tmp_path: Path) -> None:
-    result = cases.run_demo(server, tmp_path)
-    assert result.returncode == 0, result.stderr[-2000:]
-    cases.check_summary(server)
+    cases.check_demo(server, tmp_path)

@@ -16,20 +16,13 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
 
 import pymysql
 from sqlalchemy.engine import URL
 
 from deepcvr.errors import ConfigError, DataError, DeepCVRError, TargetError
-from deepcvr.load.sql_target import (
-    OLD,
-    Advance,
-    ServerTarget,
-    one_line,
-    parquet_batches,
-    tsv_chunks,
-)
+from deepcvr.load.sql_target import OLD, Advance, ServerTarget, one_line
+from deepcvr.load.tsv import parquet_batches, tsv_chunks
 from deepcvr.schema import ForeignKey, Table
 
 log = logging.getLogger("deepcvr")
@@ -41,7 +34,7 @@ LOCAL_INFILE_FIX = (
     "--local-infile), or pass --allow-slow-insert to load with multi-row INSERT batches "
     "(much slower)"
 )
-_LOCAL_INFILE_REFUSED = {1148, 2068, 3948}
+_LOCAL_INFILE_REFUSED = {1148, 2068, 3948, 4166}  # server or client side
 _NO_PRIVILEGE = {1044, 1142, 1143, 1227}
 _BAD_DATA = {1048, 1062, 1264, 1265, 1366, 1451, 1452}
 LOAD_SQL = (
@@ -62,8 +55,8 @@ class MySQLTarget(ServerTarget):
     def __init__(
         self, con: pymysql.Connection, shown: str, database: str, allow_slow_insert: bool
     ) -> None:
-        super().__init__(shown)
-        self.con, self.database = con, database
+        super().__init__(con, shown)
+        self.database = database
         self.allow_slow_insert = allow_slow_insert
         self.slow = False
         self.bulk_path = "LOAD DATA LOCAL INFILE (streamed through a named pipe)"
@@ -94,21 +87,6 @@ class MySQLTarget(ServerTarget):
         # The timeouts were for the handshake only: a key build may legitimately take hours.
         con._read_timeout = con._write_timeout = None
         return cls(con, shown, url.database or "", allow_slow_insert)
-
-    # --- SQL --------------------------------------------------------------------------------
-
-    def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
-        with self.con.cursor() as cur:
-            return int(cur.execute(sql, tuple(params) or None))
-
-    def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        with self.con.cursor() as cur:
-            cur.execute(sql, tuple(params) or None)
-            return list(cur.fetchall())
-
-    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
-        with self.con.cursor() as cur:
-            cur.executemany(sql, rows)
 
     def prepare(self) -> None:
         # Staging tables have no secondary keys during the load; foreign keys are added with
@@ -167,14 +145,24 @@ class MySQLTarget(ServerTarget):
             os.mkfifo(fifo, 0o600)
             feeder = _Feeder(fifo, tsv_chunks(files, table), advance)
             feeder.start()
+            refused = False
             try:
                 with self.con.cursor() as cur:
                     cur.execute(sql, (fifo,))
                     stored = int(cur.rowcount)
                     cur.execute("SHOW WARNINGS LIMIT 3")
                     warnings = [w for w in cur.fetchall() if w[0] != "Note"]
+            except pymysql.err.MySQLError as err:
+                if err.args[0] not in _LOCAL_INFILE_REFUSED:
+                    raise
+                refused = True
             finally:
                 feeder.stop()
+        if refused:
+            # Refused after all (a client-side setting, or the server changed since the
+            # check): no row was sent, so the INSERT path may start from scratch.
+            self._refuse_local_infile()
+            return self._insert(name, table, files, advance)
         if feeder.error is not None:
             raise feeder.error
         if warnings or stored != feeder.rows:

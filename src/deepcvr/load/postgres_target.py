@@ -10,14 +10,15 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import psycopg
 from psycopg import errors as pgerr
+from psycopg.copy import QueuedLibpqWriter
 from sqlalchemy.engine import URL
 
 from deepcvr.errors import DataError, DeepCVRError, TargetError
-from deepcvr.load.sql_target import Advance, ServerTarget, one_line, tsv_chunks
+from deepcvr.load.sql_target import Advance, ServerTarget, one_line
+from deepcvr.load.tsv import tsv_chunks
 from deepcvr.schema import ForeignKey, Table
 
 log = logging.getLogger("deepcvr")
@@ -36,10 +37,6 @@ class PostgresTarget(ServerTarget):
     bulk_path = "COPY FROM STDIN (text format)"
     driver_errors = (psycopg.Error,)
 
-    def __init__(self, con: psycopg.Connection[Any], shown: str) -> None:
-        super().__init__(shown)
-        self.con = con
-
     @classmethod
     def connect(cls, url: URL, shown: str) -> PostgresTarget:
         options = {k: v for k, v in url.query.items() if isinstance(v, str)}  # e.g. sslmode
@@ -57,22 +54,6 @@ class PostgresTarget(ServerTarget):
         except psycopg.Error as err:
             raise TargetError(f"{shown}: {_connect_reason(err, url)}") from None
         return cls(con, shown)
-
-    # --- SQL --------------------------------------------------------------------------------
-
-    def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
-        with self.con.cursor() as cur:
-            cur.execute(sql, tuple(params) or None)  # type: ignore[arg-type]
-            return int(cur.rowcount)
-
-    def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        with self.con.cursor() as cur:
-            cur.execute(sql, tuple(params) or None)  # type: ignore[arg-type]
-            return list(cur.fetchall())
-
-    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
-        with self.con.cursor() as cur:
-            cur.executemany(sql, rows)  # type: ignore[arg-type]
 
     def prepare(self) -> None:
         # A transaction-level lock: released by COMMIT or ROLLBACK, even if we are killed.
@@ -102,8 +83,10 @@ class PostgresTarget(ServerTarget):
 
     def bulk_load(self, name: str, table: Table, files: Sequence[Path], advance: Advance) -> int:
         sent = 0
+        sql = f"COPY {name} ({', '.join(table.column_names)}) FROM STDIN"
         with self.con.cursor() as cur:
-            with cur.copy(f"COPY {name} ({', '.join(table.column_names)}) FROM STDIN") as copy:
+            # The queued writer sends from its own thread while this one decodes the next batch.
+            with cur.copy(sql, writer=QueuedLibpqWriter(cur)) as copy:
                 for data, rows in tsv_chunks(files, table):
                     copy.write(data)
                     sent += rows

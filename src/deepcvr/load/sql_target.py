@@ -9,18 +9,14 @@ before the swap. Dialects plug in by subclassing `ServerTarget`.
 
 from __future__ import annotations
 
-import io
 import logging
+import re
 import time
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
-
-import polars as pl
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from deepcvr.aliccp import SPLITS
 from deepcvr.errors import DataError, DeepCVRError, TargetError
@@ -33,58 +29,10 @@ log = logging.getLogger("deepcvr")
 
 STAGING = "__staging_"
 OLD = "__old_"
-BATCH_ROWS = 65_536  # ~2 MB of TSV per batch: bounded memory, still few round trips
 ALL_TABLES = (*MODEL, REJECTS)
 OWNED = (*(t.name for t in ALL_TABLES), KEYS_TABLE)  # prefixes of staging tables we may drop
 
 Advance = Callable[[int], None]
-
-# --- Parquet -> TSV ------------------------------------------------------------------------------
-
-# Both LOAD DATA (default FIELDS/LINES options) and COPY's text format read this encoding.
-_ESCAPES = (("\\", "\\\\"), ("\t", "\\t"), ("\n", "\\n"), ("\r", "\\r"))
-_NEEDS_ESCAPE = r"[\\\t\n\r]"
-
-
-def parquet_batches(
-    files: Sequence[Path], table: Table, batch_rows: int = BATCH_ROWS
-) -> Iterator[pa.RecordBatch]:
-    """Record batches of `table`'s columns, in schema order, file after file (key order)."""
-    for path in files:
-        try:
-            yield from pq.ParquetFile(path).iter_batches(
-                batch_size=batch_rows, columns=table.column_names
-            )
-        except (pa.ArrowException, OSError) as err:
-            raise DataError(f"{path}: cannot read {table.name} rows ({err})") from None
-
-
-def to_tsv(batch: pa.RecordBatch) -> bytes:
-    """Tab-separated rows, backslash escapes, \\N for NULL; booleans as 1/0 (MySQL's BOOLEAN
-    is a TINYINT); floats in shortest round-trip form, so no digit is lost."""
-    df = pl.from_arrow(batch)
-    assert isinstance(df, pl.DataFrame)
-    fixes = []
-    for name, dtype in df.schema.items():
-        if dtype == pl.Boolean:
-            fixes.append(pl.col(name).cast(pl.Int8))
-        elif dtype == pl.String and df[name].str.contains(_NEEDS_ESCAPE).any() is True:
-            expr = pl.col(name)
-            for raw, escaped in _ESCAPES:
-                expr = expr.str.replace_all(raw, escaped, literal=True)
-            fixes.append(expr)
-    if fixes:
-        df = df.with_columns(fixes)
-    buf = io.BytesIO()
-    df.write_csv(buf, include_header=False, separator="\t", quote_style="never", null_value="\\N")
-    return buf.getvalue()
-
-
-def tsv_chunks(files: Sequence[Path], table: Table) -> Iterator[tuple[bytes, int]]:
-    """(TSV bytes, rows) per record batch; `to_tsv` is looked up at call time (tests patch it)."""
-    for batch in parquet_batches(files, table):
-        yield to_tsv(batch), batch.num_rows
-
 
 # --- the dialect interface ---------------------------------------------------------------------
 
@@ -99,18 +47,24 @@ class ServerTarget(ABC):
     table_options = ""
     driver_errors: tuple[type[Exception], ...] = ()
 
-    def __init__(self, shown: str) -> None:
+    def __init__(self, con: Any, shown: str) -> None:
+        self.con = con  # a DB-API connection whose parameter style is %s (PyMySQL, psycopg)
         self.shown = shown  # the target URL with its password masked: the only form we print
 
-    @abstractmethod
     def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
         """Run one statement; return its row count."""
+        with self.con.cursor() as cur:
+            cur.execute(sql, tuple(params) or None)  # None: a literal % needs no escaping
+            return int(cur.rowcount)
 
-    @abstractmethod
-    def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]: ...
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        with self.con.cursor() as cur:
+            cur.execute(sql, tuple(params) or None)
+            return list(cur.fetchall())
 
-    @abstractmethod
-    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None: ...
+    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        with self.con.cursor() as cur:
+            cur.executemany(sql, rows)
 
     @abstractmethod
     def prepare(self) -> None:
@@ -292,7 +246,9 @@ class _Load:
         t0 = time.monotonic()
         parquet_rows = self.inp.tables[table.name].rows
         rows = copied = 0
-        if table is FEATURE:  # the union of every split's features: dedupe on the server
+        # A split's features are unique already; several sources need a union, on the server.
+        union = table is FEATURE and (len(self.inp.splits) > 1 or keep_old)
+        if union:
             self._create(table, self.raw_feature, False)
             segments: list[tuple[str, Any]] = [("parquet", self.inp.tables[table.name].files)]
             if keep_old:
@@ -313,7 +269,7 @@ class _Load:
                         () if source is None else (source,),
                     )
                     rows, copied = rows + n, copied + n
-        if table is FEATURE:
+        if union:
             rows = self._dedupe_features(name)
         seconds = time.monotonic() - t0
         return {
@@ -322,9 +278,7 @@ class _Load:
             "copied_rows": copied,
             "keys": "enforced" if enforce else "verified by queries",
             "seconds": round(seconds, 3),
-            "rows_per_s": round((rows if table is not FEATURE else parquet_rows) / seconds)
-            if seconds
-            else None,
+            "rows_per_s": round((parquet_rows if union else rows) / seconds) if seconds else None,
         }
 
     def _dedupe_features(self, name: str) -> int:
@@ -400,7 +354,9 @@ class _Load:
         return f"CREATE TABLE {name} ({cols}){self.t.table_options}"
 
 
-def one_line(text: Iterable[str] | str) -> str:
-    """Collapse a (multi-line) server message into one line."""
-    s = text if isinstance(text, str) else " ".join(text)
-    return " ".join(s.split())
+_STAGING_NAME = re.compile(rf"{STAGING}[0-9a-f]{{8}}(_raw)?")
+
+
+def one_line(text: str) -> str:
+    """A server message as one line, naming tables as the user knows them (no staging suffix)."""
+    return _STAGING_NAME.sub("", " ".join(text.split()))
