@@ -59,7 +59,7 @@ def make_archives(data_dir: Path, samples: int) -> tuple[Path, int, int]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--samples", type=int, default=1_000_000, help="impressions, both splits")
-    parser.add_argument("--enforce-keys-max-rows", type=int, default=200_000_000)
+    parser.add_argument("--enforce-keys-max-rows", type=int, default=10_000_000)
     parser.add_argument("--data-dir", type=Path,
                         default=Path(tempfile.gettempdir()) / "deepcvr-bench")
     parser.add_argument("--full-estimate", action="store_true")

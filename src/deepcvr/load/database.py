@@ -73,7 +73,7 @@ def load(
     parquet_dir: Path,
     target: str,
     replace: bool = False,
-    enforce_keys_max_rows: int = 200_000_000,
+    enforce_keys_max_rows: int = 10_000_000,
     allow_slow_insert: bool = False,
 ) -> dict[str, Any]:
     kind, url = parse_target(target)

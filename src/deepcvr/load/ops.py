@@ -18,7 +18,7 @@ class LoadParams(OpParams):
     )
     replace: bool = Field(False, description="replace tables that exist with another shape")
     enforce_keys_max_rows: int = Field(
-        200_000_000,
+        10_000_000,
         ge=0,
         description="enforce PRIMARY/FOREIGN KEY constraints on tables up to this many rows; "
         "larger tables get keys declared in the catalogue and verified by queries",

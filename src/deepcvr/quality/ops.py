@@ -50,8 +50,9 @@ class ChecksParams(OpParams):
 
 def _inputs(
     ctx: OpContext, target: str | None, parquet: str | None
-) -> tuple[str, Path, list[dict[str, Any]]]:
-    """Target URL, its workspace and the accounting rows (manifests, else metadata records)."""
+) -> tuple[str, Path, list[dict[str, Any]], Path]:
+    """Target URL, its workspace, the accounting rows (manifests, else metadata records) and
+    the Parquet directory it was loaded from."""
     from deepcvr.quality.sources import (
         accounting_from_store,
         accounting_rows,
@@ -63,7 +64,7 @@ def _inputs(
     directory = ctx.path(parquet) if parquet else load_input or workspace / "parquet"
     manifests = read_manifests(directory)
     records = {} if manifests else accounting_from_store(ctx.store)
-    return url, workspace, accounting_rows(manifests, records)
+    return url, workspace, accounting_rows(manifests, records), directory
 
 
 @op("quality.checks", ChecksParams)
@@ -74,7 +75,7 @@ def checks_op(ctx: OpContext, params: ChecksParams) -> dict[str, Any]:
     from deepcvr.quality.checks import Bounds, check_dict, print_checks, run_all
     from deepcvr.quality.sources import connect
 
-    url, workspace, accounting = _inputs(ctx, params.target, params.parquet)
+    url, workspace, accounting, directory = _inputs(ctx, params.target, params.parquet)
     raw = ctx.path(params.raw) if params.raw else workspace / "raw"
     bounds = Bounds(
         params.ctr_min,
@@ -84,7 +85,7 @@ def checks_op(ctx: OpContext, params: ChecksParams) -> dict[str, Any]:
         params.min_impressions,
         params.min_clicks,
     )
-    con = connect(url)
+    con = connect(url, directory)
     try:
         checks, table = run_all(con, accounting, bounds, raw)
     finally:
@@ -127,9 +128,9 @@ def report_op(ctx: OpContext, params: ReportParams) -> dict[str, Any]:
     """Write a self-contained HTML profile of a loaded database (plots, accounting, rejects)."""
     from deepcvr.quality.report import write_report
 
-    url, workspace, accounting = _inputs(ctx, params.target, params.parquet)
+    url, workspace, accounting, directory = _inputs(ctx, params.target, params.parquet)
     output = ctx.path(params.output) if params.output else workspace / "report.html"
-    result = write_report(url, output, accounting, params.examples)
+    result = write_report(url, output, accounting, params.examples, directory)
     if ctx.store is not None:
         ctx.store.add_asset(
             str(output),

@@ -19,6 +19,7 @@ from deepcvr.fsutil import atomic_file
 from deepcvr.quality import plots
 from deepcvr.quality.sources import connect, duckdb_file
 from deepcvr.schema import MODEL, REJECTS
+from deepcvr.secrets import mask_url
 
 SIDES = {  # kind -> (row table, feature table, key column)
     "sample": ("sample", "sample_feature", "sample_id"),
@@ -204,18 +205,22 @@ def collect(
 
 
 def write_report(
-    target: str, output: Path, accounting: list[dict[str, Any]], examples: int = 3
+    target: str,
+    output: Path,
+    accounting: list[dict[str, Any]],
+    examples: int = 3,
+    parquet: Path | None = None,
 ) -> dict[str, Any]:
     """Query the database, render the page, write it atomically; returns a small summary."""
     from deepcvr.quality.report_sections import render
 
-    con = connect(target)
+    con = connect(target, parquet)
     try:
         data = collect(con, accounting, examples)
     finally:
         con.close()
     data["meta"] = {
-        "database": str(duckdb_file(target)),
+        "database": str(duckdb_file(target) or mask_url(target)),
         "generated": datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC"),
         "version": __version__,
     }

@@ -44,32 +44,83 @@ ACCOUNTING_COUNTERS = (
 )
 
 
-def duckdb_file(target: str) -> Path:
-    """The database file of a `duckdb:///PATH` URL; one-line errors for anything else."""
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError
+def duckdb_file(target: str) -> Path | None:
+    """The database file of a `duckdb:///PATH` URL; None for a server database."""
+    from deepcvr.load.database import parse_target
 
-    try:
-        url = make_url(target)
-    except ArgumentError:
-        raise ConfigError(f"target {target!r} is not a database URL; use duckdb:///PATH") from None
-    if url.get_backend_name() != "duckdb" or not url.database:
-        raise ConfigError(
-            f"target {target!r}: the quality ops read DuckDB targets only; use duckdb:///PATH"
-        )
-    path = Path(url.database)
+    kind, url = parse_target(target)
+    if kind != "duckdb":
+        return None
+    path = Path(url.database or "")
     if not path.is_file():
         raise TargetError(f"{path}: database not found; run the load step first")
     return path
 
 
-def connect(target: str) -> duckdb.DuckDBPyConnection:
+def connect(target: str, parquet: Path | None = None) -> duckdb.DuckDBPyConnection:
+    """A read-only DuckDB connection to query the loaded tables with one SQL dialect.
+
+    A DuckDB target is opened directly. For MySQL/MariaDB and PostgreSQL, the tables are DuckDB
+    views over the Parquet hand-off that was loaded, after checking that the server holds
+    exactly as many rows per table (the load verified keys and counts on the server itself);
+    the server's key catalogue is copied so key checks know what is enforced there."""
     path = duckdb_file(target)
-    try:
-        return duckdb.connect(str(path), read_only=True)
-    except duckdb.Error as err:
-        message = str(err).splitlines()[0]
-        raise TargetError(f"{path}: cannot open the database ({message})") from None
+    if path is not None:
+        try:
+            return duckdb.connect(str(path), read_only=True)
+        except duckdb.Error as err:
+            message = str(err).splitlines()[0]
+            raise TargetError(f"{path}: cannot open the database ({message})") from None
+    return _server_as_views(target, parquet)
+
+
+def _server_as_views(target: str, parquet: Path | None) -> duckdb.DuckDBPyConnection:
+    from deepcvr.load.database import open_query
+    from deepcvr.load.parquet_input import inspect_parquet
+    from deepcvr.load.verify import KEYS_COLUMNS, KEYS_TABLE
+    from deepcvr.schema import MODEL, REJECTS, create_table_sql
+    from deepcvr.secrets import mask_url
+
+    if parquet is None or not parquet.is_dir():
+        raise ConfigError(
+            f"target {mask_url(target)}: the quality ops read a server database through the "
+            "Parquet directory it was loaded from; pass --parquet DIR"
+        )
+    inp = inspect_parquet(parquet)
+    splits = ", ".join(f"'{split}'" for split in inp.splits)
+    con = duckdb.connect()
+    with open_query(target) as query:
+        for table in (*MODEL, REJECTS):
+            files = inp.tables[table.name].files
+            # Each split lists the features it uses; the loaded table is their union.
+            distinct = "DISTINCT " if table.name == "feature" else ""
+            if files:
+                con.execute(
+                    f"CREATE VIEW {table.name} AS SELECT {distinct}* FROM read_parquet("
+                    f"{[str(f) for f in files]!r})"
+                )
+            else:
+                con.execute(create_table_sql(table, "duckdb"))
+            # Splits loaded earlier from elsewhere may sit beside these: compare ours only.
+            has_split = "split" in table.column_names
+            where = f" WHERE split IN ({splits})" if has_split else ""
+            server_rows = query(f"SELECT count(*) FROM {table.name}{where}")[0][0]
+            parquet_rows = con.execute(f"SELECT count(*) FROM {table.name}").fetchone()[0]  # type: ignore[index]
+            if server_rows < parquet_rows or (has_split and server_rows != parquet_rows):
+                raise TargetError(
+                    f"{mask_url(target)}: table {table.name} has {server_rows:,} rows but "
+                    f"{parquet} has {parquet_rows:,}; load it again"
+                )
+        keys = query(f"SELECT {', '.join(KEYS_COLUMNS)} FROM {KEYS_TABLE}")
+    con.execute(
+        f"CREATE TABLE {KEYS_TABLE} (table_name VARCHAR, kind VARCHAR, columns VARCHAR, "
+        "ref_table VARCHAR, ref_columns VARCHAR, enforced BOOLEAN, violations BIGINT)"
+    )
+    if keys:
+        con.executemany(
+            f"INSERT INTO {KEYS_TABLE} VALUES (?, ?, ?, ?, ?, ?, ?)", [tuple(r) for r in keys]
+        )
+    return con
 
 
 @dataclass(frozen=True)
