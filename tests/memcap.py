@@ -6,6 +6,7 @@ beyond what is used, so it fails at random; the resident set is what must fit in
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import time
 from dataclasses import dataclass
@@ -24,10 +25,8 @@ class CappedRun:
 def tree_rss(proc: psutil.Process) -> int:
     total = 0
     for p in [proc, *proc.children(recursive=True)]:
-        try:
+        with contextlib.suppress(psutil.Error):
             total += p.memory_info().rss
-        except psutil.Error:
-            pass
     return total
 
 
@@ -47,10 +46,8 @@ def run_capped(
         if rss > cap_bytes or time.monotonic() > deadline:
             killed = True
             for p in [*proc.children(recursive=True), proc]:
-                try:
+                with contextlib.suppress(psutil.Error):
                     p.kill()
-                except psutil.Error:
-                    pass
             break
         time.sleep(0.01)
     _, err = popen.communicate()

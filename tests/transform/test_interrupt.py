@@ -35,6 +35,9 @@ def test_ctrl_c_leaves_only_complete_parts(tmp_path: Path) -> None:
             str(tmp_path / "ws"),
         ],
         start_new_session=True,  # its own process group, like a shell job: ^C reaches all
+        # A shell starts background jobs (and CI runners may start us) with SIGINT ignored,
+        # which a child inherits; a terminal's foreground job has the default handler.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )

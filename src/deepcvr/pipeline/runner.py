@@ -165,7 +165,9 @@ def run_pipeline(
                     continue  # skipping may have made more tasks ready
                 if not running:
                     raise RuntimeError("scheduler stalled with tasks left")  # unreachable in a DAG
-                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                done: set[Future[None]] = set()
+                while not done:  # short waits: a blocking one holds off Ctrl-C until a task ends
+                    done, _ = wait(running, timeout=0.2, return_when=FIRST_COMPLETED)
                 for fut in done:
                     name = running.pop(fut)
                     fut.result()  # re-raises a KeyboardInterrupt raised inside the task
