@@ -60,36 +60,65 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--samples", type=int, default=1_000_000, help="impressions, both splits")
     parser.add_argument("--enforce-keys-max-rows", type=int, default=10_000_000)
-    parser.add_argument("--data-dir", type=Path,
-                        default=Path(tempfile.gettempdir()) / "deepcvr-bench")
+    parser.add_argument(
+        "--data-dir", type=Path, default=Path(tempfile.gettempdir()) / "deepcvr-bench"
+    )
     parser.add_argument("--full-estimate", action="store_true")
     args = parser.parse_args()
 
     src, raw_bytes, structures = make_archives(args.data_dir, args.samples)
     archives = sorted(src.glob("*.tar.gz"))
-    print(f"input: {args.samples:,} impressions, {sum(a.stat().st_size for a in archives) / 1e6:.1f}"
-          f" MB of archives, {raw_bytes / 1e6:.1f} MB raw, {structures:,} structures")
+    print(
+        f"input: {args.samples:,} impressions, {sum(a.stat().st_size for a in archives) / 1e6:.1f}"
+        f" MB of archives, {raw_bytes / 1e6:.1f} MB raw, {structures:,} structures"
+    )
     work = Path(tempfile.mkdtemp(prefix="deepcvr-e2e-"))
     rows: list[Measurement] = []
     try:
-        for name, tasks in (("deepcvr end to end (staged)", STAGED),
-                            ("deepcvr end to end (streamed)", STREAMED)):
+        for name, tasks in (
+            ("deepcvr end to end (staged)", STAGED),
+            ("deepcvr end to end (streamed)", STREAMED),
+        ):
             ws = work / name.split("(")[1].rstrip(")")
             yaml = work / f"{ws.name}.yaml"
-            yaml.write_text(PIPELINE.format(ws=ws, tasks=tasks.format(
-                src=src, ws=ws, enforce=args.enforce_keys_max_rows)))
-            rows.append(run(name, [python(), "-m", "deepcvr", "-q", "run", str(yaml)],
-                            raw_bytes, structures))
-        gunzip = "import isal.igzip as g, sys\nfor a in sys.argv[1:]:\n" \
-                 "    with g.open(a) as f:\n        while f.read(1 << 24): pass\n"
-        unzip = run("isal gunzip to /dev/null", [python(), "-c", gunzip, *map(str, archives)],
-                    raw_bytes, structures)
-        naive = run("naive Polars parse", [python(), str(ROOT / "benchmarks" / "references" /
-                                                            "naive_polars.py"),
-                                            str(src / "raw"), str(work / "naive")],
-                    raw_bytes, structures)
-        limit = Measurement("limit: gunzip + naive parse", unzip.seconds + naive.seconds,
-                            max(unzip.peak_rss, naive.peak_rss), raw_bytes, structures)
+            yaml.write_text(
+                PIPELINE.format(
+                    ws=ws, tasks=tasks.format(src=src, ws=ws, enforce=args.enforce_keys_max_rows)
+                )
+            )
+            rows.append(
+                run(
+                    name, [python(), "-m", "deepcvr", "-q", "run", str(yaml)], raw_bytes, structures
+                )
+            )
+        gunzip = (
+            "import isal.igzip as g, sys\nfor a in sys.argv[1:]:\n"
+            "    with g.open(a) as f:\n        while f.read(1 << 24): pass\n"
+        )
+        unzip = run(
+            "isal gunzip to /dev/null",
+            [python(), "-c", gunzip, *map(str, archives)],
+            raw_bytes,
+            structures,
+        )
+        naive = run(
+            "naive Polars parse",
+            [
+                python(),
+                str(ROOT / "benchmarks" / "references" / "naive_polars.py"),
+                str(src / "raw"),
+                str(work / "naive"),
+            ],
+            raw_bytes,
+            structures,
+        )
+        limit = Measurement(
+            "limit: gunzip + naive parse",
+            unzip.seconds + naive.seconds,
+            max(unzip.peak_rss, naive.peak_rss),
+            raw_bytes,
+            structures,
+        )
         rows += [unzip, naive, limit]
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -99,8 +128,10 @@ def main() -> None:
     if args.full_estimate:
         for m in rows[:2]:
             minutes = FULL_ALICCP_RAW_BYTES / (m.mb_per_s * 1e6) / 60
-            print(f"full-estimate: {m.name}: full Ali-CCP (38 GB raw, both splits) ~ "
-                  f"{minutes:.1f} min at {m.mb_per_s:.1f} MB/s")
+            print(
+                f"full-estimate: {m.name}: full Ali-CCP (38 GB raw, both splits) ~ "
+                f"{minutes:.1f} min at {m.mb_per_s:.1f} MB/s"
+            )
 
 
 if __name__ == "__main__":
