@@ -50,7 +50,18 @@ def print_summary(summary: dict[str, Any], console: Console | None = None) -> No
         tables.add_row(name, f"{n:,}")
     console.print(tables)
     labels = RichTable(title="deepcvr: labels per split")
-    for col in ("split", "impressions", "clicks", "CTR", "conversions", "CVR", "click=0,conv=1"):
+    # CVR per click (ESMM's post-click CVR) and per impression (CTCVR), named as in the report.
+    columns = (
+        "split",
+        "impressions",
+        "clicks",
+        "CTR",
+        "conversions",
+        "CVR (per click)",
+        "CTCVR (per impr.)",
+        "click=0,conv=1",
+    )
+    for col in columns:
         labels.add_column(col, justify="right")
     for split, s in summary["splits"].items():
         labels.add_row(
@@ -59,6 +70,7 @@ def print_summary(summary: dict[str, Any], console: Console | None = None) -> No
             f"{s['clicks']:,}",
             f"{s['ctr']:.3%}",
             f"{s['conversions']:,}",
+            f"{s['cvr_given_click']:.3%}",
             f"{s['cvr']:.4%}",
             f"{s['conversions_without_click']:,}",
         )
