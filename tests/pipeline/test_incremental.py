@@ -108,6 +108,11 @@ def test_exactly_the_affected_tasks_rerun(tmp_path: Path) -> None:
     made, used = store.lineage(str((ws / "parquet").resolve()))
     assert made and made[0]["task"] == "transform" and made[0]["input_uri"].endswith("raw")
     assert used and used[0]["task"] == "load"
+    datasets = {a["uri"]: a for a in store.assets() if a["kind"] == "parquet_dataset"}
+    sample = datasets[str((ws / "parquet" / "train" / "sample").resolve())]
+    assert sample["rows"] == 1500 and "sample_id" in sample["schema_json"]
+    tables = {a["uri"].split("#")[1]: a for a in store.assets() if a["kind"] == "table"}
+    assert tables["sample"]["rows"] == 3000
     shown = CliRunner().invoke(app, ["lineage", str(ws / "parquet"), "--workspace", str(ws)])
     assert shown.exit_code == 0, shown.output
     assert "transform" in shown.output and "load" in shown.output and "raw" in shown.output

@@ -132,4 +132,15 @@ def run_load(ctx: OpContext, params: LoadParams) -> dict[str, Any]:
     if ctx.store is not None:
         for check in summary.get("checks", []):
             ctx.store.record(ctx.run_id, ctx.task, "load_check", check["name"], check)
+    from deepcvr.schema import TABLES
+
+    summary["assets"] = [
+        {
+            "uri": f"{mask_url(params.target)}#{name}",
+            "kind": "table",
+            "rows": info.get("rows"),
+            "schema": {c.name: c.type for c in TABLES[name].columns} if name in TABLES else None,
+        }
+        for name, info in summary.get("tables", {}).items()
+    ]
     return summary

@@ -91,6 +91,17 @@ def record_success(
             run_id=ctx.run_id,
             task=ctx.task,
         )
+    # Finer assets the op reports itself: each Parquet dataset or table, with rows and schema.
+    for asset in result.get("assets", []) if isinstance(result, dict) else []:
+        store.add_asset(
+            asset["uri"],
+            asset["kind"],
+            bytes=asset.get("bytes"),
+            rows=asset.get("rows"),
+            run_id=ctx.run_id,
+            task=ctx.task,
+            schema=asset.get("schema"),
+        )
     store.add_lineage(ctx.run_id, ctx.task, list(decision.inputs), list(outputs))
     if (
         spec.outputs is not None

@@ -278,8 +278,35 @@ def run_transform(ctx: Any, params: Any) -> dict[str, Any]:
         stage_raw=params.stage_raw,
     )
     summary = transform(raw_dir, out_dir, params.split, options)
+    summary["assets"] = parquet_assets(out_dir, list(summary["splits"]))
     if ctx.store is not None:
         for split, info in summary["splits"].items():
             ctx.store.record(ctx.run_id, ctx.task, "accounting", split, info["accounting"])
             ctx.store.record(ctx.run_id, ctx.task, "rejects", split, info["rejects"])
     return summary
+
+
+def parquet_assets(out_dir: Path, splits: list[str]) -> list[dict[str, Any]]:
+    """One asset per Parquet dataset written: rows and bytes from the footers, the schema."""
+    from deepcvr.schema import MODEL, REJECTS
+    from deepcvr.transform.accounting import parquet_rows
+
+    assets = []
+    for table in (*MODEL, REJECTS):
+        dirs = (
+            [out_dir / s / table.name for s in splits]
+            if table.per_split
+            else [out_dir / table.name]
+        )
+        for directory in dirs:
+            files = sorted(directory.glob("*.parquet"))
+            assets.append(
+                {
+                    "uri": str(directory.resolve()),
+                    "kind": "parquet_dataset",
+                    "rows": parquet_rows(files),
+                    "bytes": sum(f.stat().st_size for f in files),
+                    "schema": {c.name: c.type for c in table.columns},
+                }
+            )
+    return assets
