@@ -72,7 +72,7 @@ def run(
 def report(rows: list[Measurement], baseline: Measurement) -> None:
     header = (
         f"{'run':<28}{'input MB':>10}{'wall s':>9}{'MB/s':>9}{'Mstruct/s':>11}"
-        f"{'peak RSS MB':>13}{'speed vs ' + baseline.name:>28}"
+        f"{'peak RSS MB':>13}{'  speed vs ' + baseline.name:>30}"
     )
     print(header)
     print("-" * len(header))
@@ -80,7 +80,7 @@ def report(rows: list[Measurement], baseline: Measurement) -> None:
         ratio = baseline.seconds / m.seconds
         print(
             f"{m.name:<28}{m.input_bytes / 1e6:>10.1f}{m.seconds:>9.2f}{m.mb_per_s:>9.1f}"
-            f"{m.structures_per_s / 1e6:>11.2f}{m.peak_rss / 1e6:>13.0f}{ratio:>27.2f}x"
+            f"{m.structures_per_s / 1e6:>11.2f}{m.peak_rss / 1e6:>13.0f}{ratio:>29.2f}x"
         )
 
 

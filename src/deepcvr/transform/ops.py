@@ -17,7 +17,7 @@ class TransformParams(OpParams):
     )
     engine: Literal["local", "spark"] = Field("local", description="transform engine")
     workers: int | None = Field(None, ge=1, description="parallel workers (default: all cores)")
-    chunk_mb: float = Field(16.0, gt=0, description="bytes of raw CSV per chunk, in MB")
+    chunk_mb: float = Field(8.0, gt=0, description="bytes of raw CSV per chunk, in MB")
     max_reject_ratio: float = Field(
         0.001, ge=0, le=1, description="fail when rejected lines exceed this share of lines"
     )

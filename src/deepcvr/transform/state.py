@@ -20,7 +20,7 @@ FEATURE_TABLE = {"common": "common_feature", "skeleton": "sample_feature"}
 @dataclass
 class TransformOptions:
     workers: int = field(default_factory=lambda: os.cpu_count() or 1)
-    chunk_bytes: int = 16 << 20
+    chunk_bytes: int = 8 << 20
     max_reject_ratio: float = 0.001
     compression: str = "snappy"
     force: bool = False
