@@ -141,9 +141,17 @@ def _build(
                         f" UNION ALL SELECT {cols} FROM old.{table.name} "
                         f"WHERE split NOT IN ({splits})"
                     )
+            # What the table must hold: the Parquet footers' counts plus the rows kept from the
+            # previous version (the union of features must be counted); verified after loading.
             if table.name == "feature":
                 _check_feature_conflicts(con, select)
-            rows = con.execute(f"SELECT count(*) FROM ({select})").fetchone()[0]  # type: ignore[index]
+                rows = _count(con, select)
+            else:
+                rows = inp.tables[table.name].rows
+                if table.name in keep_old and table.per_split:
+                    rows += _count(
+                        con, f"SELECT 1 FROM old.{table.name} WHERE split NOT IN ({splits})"
+                    )
             enforce = table is not REJECTS and rows <= enforce_max_rows
             con.execute(_table_sql(table, enforce, enforced))
             try:
@@ -185,6 +193,10 @@ def _build(
         "tables": tables,
         "checks": checks,
     }
+
+
+def _count(con: duckdb.DuckDBPyConnection, select: str) -> int:
+    return int(con.execute(f"SELECT count(*) FROM ({select})").fetchone()[0])  # type: ignore[index]
 
 
 def _feature_union(source: str, with_old: bool) -> str:
