@@ -21,6 +21,7 @@ SPARK_TEST_SETTINGS = {
     "spark.ui.showConsoleProgress": "false",
     "spark.driver.memory": "1g",
     "spark.sql.adaptive.enabled": "true",
+    "spark.sql.codegen.cache.maxEntries": "2000",
 }
 
 

@@ -269,7 +269,7 @@ def run_transform(ctx: Any, params: Any) -> dict[str, Any]:
     if params.engine == "spark":
         from deepcvr.transform.spark_engine import run_spark_transform
 
-        return run_spark_transform(raw_dir, out_dir, params)
+        return run_spark_transform(raw_dir, out_dir, params, ctx=ctx)
     options = TransformOptions(
         workers=params.workers or os.cpu_count() or 1,
         chunk_bytes=max(1, int(params.chunk_mb * 1_000_000)),

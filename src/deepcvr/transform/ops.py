@@ -31,13 +31,18 @@ class TransformParams(OpParams):
     )
 
 
+def _where(ctx: OpContext, given: str | None, default: str) -> list[str]:
+    if given and "://" in given:  # s3a://, hdfs://: a URI stays as it is
+        return [given]
+    return [str(ctx.path(given or ctx.workspace / default).resolve())]
+
+
 def _input(ctx: OpContext, params: TransformParams) -> list[str]:
-    default = "raw" if params.stage_raw else "external"
-    return [str(ctx.path(params.input or ctx.workspace / default).resolve())]
+    return _where(ctx, params.input, "raw" if params.stage_raw else "external")
 
 
 def _output(ctx: OpContext, params: TransformParams) -> list[str]:
-    return [str(ctx.path(params.output or ctx.workspace / "parquet").resolve())]
+    return _where(ctx, params.output, "parquet")
 
 
 @op("transform.aliccp", TransformParams, inputs=_input, outputs=_output)

@@ -1,25 +1,20 @@
 """The Spark transform engine: raw CSVs -> the same 3NF Parquet as the local engine, on a cluster.
 
-Same tables, schemas, reject reasons and accounting as `deepcvr.transform.engine`; parsing is
-Spark SQL only (see spark_sql.py), so executors need no Python. Per split the common file comes
-first (its accepted indexes drive the orphan check), every table is written under a temp
-directory, and the directory is renamed into place with its `_manifest.json`.
+Same tables, schemas, reject reasons and accounting as `deepcvr.transform.engine`, parsed with
+Spark SQL functions only (spark_sql.py, spark_structures.py), so executors need no Python and
+no data row reaches the driver. Per split: the common file first (its accepted indexes drive
+the orphan check), then the skeleton; every table is written under a hidden temp directory
+that is renamed into place with its `_manifest.json` (the loaders' sign of a complete split).
 
-    spark-submit --master yarn run.py     # run.py: from deepcvr.transform.spark_engine import main
+    spark-submit --master yarn run.py RAW OUT    # run.py calls deepcvr.transform.spark_engine.main
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import logging
-import os
-import shutil
 import sys
 import time
-import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -27,174 +22,38 @@ from typing import TYPE_CHECKING, Any
 from deepcvr import __version__
 from deepcvr.aliccp import FIELDS, SPLITS, common_name, skeleton_name
 from deepcvr.errors import ConfigError, DataError
-from deepcvr.fsutil import TMP_MARK
 from deepcvr.transform.accounting import COUNTERS
+from deepcvr.transform.spark_runtime import (
+    HadoopFS,
+    check_java,
+    location,
+    session,
+    spark_session,
+    temp_sibling,
+)
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
-log = logging.getLogger("deepcvr")
+__all__ = ["check_java", "location", "main", "run_spark_transform", "spark_session"]
 
 MANIFEST = "_manifest.json"
-DEFAULT_MASTER = "local[*]"
-MIN_PYSPARK = (4, 0)  # is_valid_utf8 / make_valid_utf8 / try_cast are Spark 4 functions
-BROADCAST_ROWS = 2_000_000  # side tables up to this size are broadcast instead of shuffled
+CACHE_COMPRESSED = "spark.sql.inMemoryColumnarStorage.compressed"
+BROADCAST_ROWS = 2_000_000  # side tables up to this many rows are broadcast, not shuffled
 ROW_TABLE = {"common": "common_feature_group", "skeleton": "sample"}
 FEATURE_TABLE = {"common": "common_feature", "skeleton": "sample_feature"}
-NO_PYSPARK = "engine spark needs PySpark: pip install 'deepcvr[spark]'"
-
-
-# --- session ------------------------------------------------------------------------------------
-
-
-def _import_pyspark() -> None:
-    try:
-        import pyspark
-    except ImportError:
-        raise ConfigError(NO_PYSPARK) from None
-    found = tuple(int(p) for p in pyspark.__version__.split(".")[:2] if p.isdigit())
-    if found < MIN_PYSPARK:
-        raise ConfigError(
-            f"engine spark needs PySpark 4.0 or later (found {pyspark.__version__}): "
-            "pip install -U 'deepcvr[spark]'"
-        )
-
-
-def check_java() -> None:
-    """PySpark starts a JVM: fail with one line, before trying, when there is no `java`."""
-    if os.environ.get("PYSPARK_GATEWAY_PORT"):
-        return  # spark-submit started the JVM already
-    home = os.environ.get("JAVA_HOME")
-    if home:
-        if not (Path(home) / "bin" / "java").is_file():
-            raise ConfigError(
-                f"engine spark needs Java 17+: JAVA_HOME={home} has no bin/java; "
-                "fix JAVA_HOME or unset it to use java on PATH"
-            )
-        return
-    if shutil.which("java") is None:
-        raise ConfigError(
-            "engine spark needs Java 17+: no java on PATH and JAVA_HOME is not set; "
-            "install a JDK (e.g. apt-get install openjdk-17-jre-headless)"
-        )
-
-
-def spark_session(settings: dict[str, str]) -> tuple[SparkSession, bool]:
-    """The active session (runtime settings applied) or a new one; True when we created it."""
-    _import_pyspark()
-    from pyspark.sql import SparkSession
-
-    bad = [k for k in settings if not k.startswith("spark.")]
-    if bad:
-        raise ConfigError(f"spark settings must be spark.* keys, got {', '.join(sorted(bad))}")
-    active = SparkSession.getActiveSession()
-    if active is not None:
-        for key, value in settings.items():
-            if key != "spark.master":
-                try:
-                    active.conf.set(key, value)
-                except Exception:  # a static setting cannot change in a running session
-                    log.warning("spark: %s cannot change in the running session; ignored", key)
-        return active, False
-    check_java()
-    builder = SparkSession.builder.appName("deepcvr-transform").master(
-        settings.get("spark.master", DEFAULT_MASTER)
-    )
-    for key, value in settings.items():
-        if key != "spark.master":
-            builder = builder.config(key, value)
-    try:
-        return builder.getOrCreate(), True
-    except Exception as err:
-        raise ConfigError(f"cannot start Spark: {_first_line(err)}") from None
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
-
-
-# --- file system ----------------------------------------------------------------------------
-
-
-def location(value: str | Path) -> str:
-    """A URI for Spark and Hadoop: URIs pass through; a local path becomes file:///absolute."""
-    text = str(value)
-    if "://" in text:
-        return text.rstrip("/")
-    return Path(text).expanduser().resolve().as_uri()
-
-
-class HadoopFS:
-    """Listing, sizes and renames through Hadoop's FileSystem (local, s3a://, hdfs://)."""
-
-    def __init__(self, spark: SparkSession) -> None:
-        self.jvm = spark._jvm  # type: ignore[attr-defined]
-        self.conf = spark._jsc.hadoopConfiguration()  # type: ignore[attr-defined]
-
-    def _fs(self, uri: str) -> tuple[Any, Any]:
-        path = self.jvm.org.apache.hadoop.fs.Path(uri)
-        return path, path.getFileSystem(self.conf)
-
-    def exists(self, uri: str) -> bool:
-        path, fs = self._fs(uri)
-        return bool(fs.exists(path))
-
-    def is_file(self, uri: str) -> bool:
-        path, fs = self._fs(uri)
-        return bool(fs.exists(path) and fs.getFileStatus(path).isFile())
-
-    def size(self, uri: str) -> int:
-        path, fs = self._fs(uri)
-        return int(fs.getFileStatus(path).getLen())
-
-    def delete(self, uri: str) -> None:
-        path, fs = self._fs(uri)
-        fs.delete(path, True)
-
-    def mkdirs(self, uri: str) -> None:
-        path, fs = self._fs(uri)
-        fs.mkdirs(path)
-
-    def write_text(self, uri: str, text: str) -> None:
-        path, fs = self._fs(uri)
-        stream = fs.create(path, True)
-        try:
-            stream.write(bytearray(text.encode("utf-8")))
-        finally:
-            stream.close()
-
-    def rename(self, src: str, dst: str) -> None:
-        path, fs = self._fs(src)
-        if not fs.rename(path, self.jvm.org.apache.hadoop.fs.Path(dst)):
-            raise DataError(f"{dst}: cannot rename {src} into place")
-
-    def replace_dir(self, tmp: str, final: str) -> None:
-        """Swap a finished temp dir into place (one rename on HDFS/local; a copy on S3A)."""
-        if self.exists(final):
-            old = temp_sibling(final)
-            self.rename(final, old)
-            self.rename(tmp, final)
-            self.delete(old)
-        else:
-            self.rename(tmp, final)
-
-
-def temp_sibling(uri: str) -> str:
-    parent, name = uri.rsplit("/", 1)
-    return f"{parent}/{TMP_MARK}{name}.{uuid.uuid4().hex[:8]}"
-
-
-def _writable(fs: HadoopFS, out: str) -> None:
-    probe = f"{out}/{TMP_MARK}write-probe.{uuid.uuid4().hex[:8]}"
-    try:
-        fs.mkdirs(out)
-        fs.write_text(probe, "")
-        fs.delete(probe)
-    except Exception as err:
-        raise DataError(
-            f"{out}: output directory is not writable ({_first_line(err)}); choose another"
-        ) from None
+ROW_COLUMNS = {
+    "common": [("split", "split"), ("idx", "common_feature_index"), ("num", "num_features")],
+    "skeleton": [
+        ("split", "split"),
+        ("sid", "sample_id"),
+        ("clk", "click"),
+        ("cvr", "conversion"),
+        ("idx", "common_feature_index"),
+        ("num", "num_features"),
+    ],
+}
+KEY_NAME = {"common": "common_feature_index", "skeleton": "sample_id"}
 
 
 def find_splits(fs: HadoopFS, raw: str, wanted: list[str] | None) -> dict[str, str]:
@@ -216,9 +75,6 @@ def find_splits(fs: HadoopFS, raw: str, wanted: list[str] | None) -> dict[str, s
     return {s: present[s] for s in names}
 
 
-# --- the transform ------------------------------------------------------------------------
-
-
 @dataclass
 class Job:
     spark: SparkSession
@@ -229,7 +85,7 @@ class Job:
     cached: list[DataFrame] = field(default_factory=list)
 
     def keep(self, df: DataFrame) -> DataFrame:
-        """Persist a frame that several outputs read; unpersisted when the split is done."""
+        """Persist a frame several outputs read (memory, spilling to disk) until the split ends."""
         df = df.persist()
         self.cached.append(df)
         return df
@@ -242,161 +98,197 @@ class Job:
     def write(self, df: DataFrame, uri: str) -> None:
         df.write.mode("overwrite").option("compression", self.compression).parquet(uri)
 
+    def phase(self, text: str) -> None:
+        """Label the next Spark jobs (Spark UI, event log): which step of which file."""
+        self.spark.sparkContext.setJobDescription(f"deepcvr transform: {text}")
 
-def _small(df: DataFrame, rows: int) -> DataFrame:
-    from pyspark.sql import functions as F
+    def small(self, df: DataFrame, rows: int) -> DataFrame:
+        from pyspark.sql import functions as F
 
-    return F.broadcast(df) if rows <= BROADCAST_ROWS else df
+        return F.broadcast(df) if rows <= BROADCAST_ROWS else df
 
 
 @dataclass
-class KindFrames:
+class Kind:
+    """One raw file of a split on its way through the engine."""
+
     kind: str
     file: str
-    lines: DataFrame
-    structs: DataFrame
-    final: DataFrame | None = None
-    facts: Any = None
+    facts: Any  # spark_sql.FileLines
+    base: DataFrame  # every line, line-level reason (persisted)
+    lines: DataFrame  # every line, final reason (duplicate / orphan joined in)
+    stats: DataFrame | None = None  # structure counts per (feature, field) / reason (persisted)
     counts: dict[str, int] = field(default_factory=dict)
+    reasons: dict[tuple[str, str], list[int]] = field(default_factory=dict)  # -> [rows, structs]
+
+    def add(self, reason: str, action: str, rows: int, structures: int) -> None:
+        got = self.reasons.setdefault((reason, action), [0, 0])
+        got[0] += rows
+        got[1] += structures
 
 
-def _lines(job: Job, uri: str, kind: str, common_keys: DataFrame | None) -> tuple[Any, DataFrame]:
+def _read_kind(job: Job, uri: str, kind: str, name: str, keys: DataFrame | None) -> Kind:
     from deepcvr.transform import spark_sql as S
 
+    job.phase(f"number lines of {name}")
     numbered, facts = S.number_lines(job.spark, uri, job.fs.size(uri))
-    base = S.parse_lines(numbered, kind, facts)
+    job.phase(f"parse lines of {name}")
+    base = job.keep(S.parse_lines(numbered, kind, facts))
     dups = job.keep(S.duplicate_lines(base, kind))
-    lines = S.final_lines(base, kind, _small(dups, dups.count()), common_keys)
-    return facts, job.keep(lines)
+    lines = S.final_lines(base, kind, job.small(dups, dups.count()), keys)
+    return Kind(kind, name, facts, base, lines)
 
 
-def _line_counts(lines: DataFrame) -> dict[str, int]:
+def _count_lines(job: Job, k: Kind) -> None:
+    """Line counters and line reject reasons of a file, in one small grouped aggregate."""
     from pyspark.sql import functions as F
 
-    ok, bad = F.col("reason").isNull(), F.col("reason").isNotNull()
-    row = lines.agg(
-        F.count(F.lit(1)).alias("lines"),
-        F.sum("structures").alias("raw_structures"),
-        F.count(F.when(ok, 1)).alias("loaded_lines"),
-        F.count(F.when(bad, 1)).alias("rejected_lines"),
-        F.sum(F.when(bad, F.col("structures"))).alias("rejected_line_structures"),
-        F.count(F.when(ok & (F.col("num") != F.col("structures")), 1)).alias("flagged_lines"),
-        F.count(F.when(F.col("crlf"), 1)).alias("crlf_lines"),
-    ).collect()[0]
-    return {k: int(v or 0) for k, v in row.asDict().items()}
+    from deepcvr.transform import reasons as P
+
+    job.phase(f"count lines of {k.file}")
+    c = F.col
+    flagged = c("reason").isNull() & (c("num") != c("structures"))
+    rows = (
+        k.lines.groupBy("reason", flagged.alias("flagged"))
+        .agg(
+            F.count(F.lit(1)).alias("n"),
+            F.sum("structures").alias("structures"),
+            F.count_if(c("crlf")).alias("crlf"),
+        )
+        .collect()
+    )
+    counts = dict.fromkeys(
+        ("lines", "raw_structures", "loaded_lines", "rejected_lines", "rejected_line_structures"),
+        0,
+    )
+    counts |= {"flagged_lines": 0, "crlf_lines": 0}
+    for r in rows:
+        n, structures = int(r["n"]), int(r["structures"] or 0)
+        counts["lines"] += n
+        counts["raw_structures"] += structures
+        counts["crlf_lines"] += int(r["crlf"])
+        if r["reason"] is None:
+            counts["loaded_lines"] += n
+            if r["flagged"]:
+                counts["flagged_lines"] += n
+                k.add(P.FEATURE_NUM_MISMATCH, P.FLAGGED, n, 0)
+        else:
+            counts["rejected_lines"] += n
+            counts["rejected_line_structures"] += structures
+            k.add(r["reason"], P.REJECTED, n, structures)
+    k.counts = counts
 
 
-def _structure_counts(final: DataFrame) -> dict[str, int]:
+def _count_structures(job: Job, k: Kind, lost: DataFrame, any_lost: bool) -> None:
+    """Structure counters of a file from its (small) per-feature stats."""
     from pyspark.sql import functions as F
 
-    row = final.agg(
-        F.count(F.when(F.col("reason").isNull(), 1)).alias("loaded_structures"),
-        F.count(F.when(F.col("reason").isNotNull(), 1)).alias("rejected_structures"),
-    ).collect()[0]
-    return {k: int(v or 0) for k, v in row.asDict().items()}
+    from deepcvr.transform import reasons as P
+    from deepcvr.transform import spark_structures as T
+
+    assert k.stats is not None
+    job.phase(f"count structures of {k.file}")
+    valid = 0
+    rejected = 0
+    group = F.when(F.col("k") < 0, -F.col("k")).otherwise(0).alias("rcode")
+    for r in k.stats.groupBy(group).agg(F.sum("n").alias("n")).collect():
+        if r["rcode"] == 0:
+            valid = int(r["n"])
+        else:
+            rejected += int(r["n"])
+            reason = T.STRUCTURE_REASONS[int(r["rcode"]) - 1]
+            k.add(reason, P.REJECTED, int(r["n"]), int(r["n"]))
+    conflicts = 0
+    if any_lost:
+        conflicts = int(T.lost_structures(k.stats, lost).collect()[0]["n"] or 0)
+        if conflicts:
+            k.add(P.FEATURE_FIELD_CONFLICT, P.REJECTED, conflicts, conflicts)
+    k.counts["loaded_structures"] = valid - conflicts
+    k.counts["structure_rejects"] = rejected + conflicts
 
 
-def _rows(job: Job, uri: str) -> int:
-    return job.spark.read.parquet(uri).count()
+def _write_tables(
+    job: Job, split: str, tmp: str, kinds: list[Kind], decided: DataFrame, lost: DataFrame
+) -> None:
+    from pyspark.sql import functions as F
+
+    from deepcvr.transform import spark_sql as S
+    from deepcvr.transform import spark_structures as T
+
+    rejects = None
+    for k in kinds:
+        job.phase(f"write tables of {k.file}")
+        accepted = k.lines.filter(F.col("reason").isNull()).withColumn("split", F.lit(split))
+        job.write(
+            accepted.select(*(F.col(a).alias(b) for a, b in ROW_COLUMNS[k.kind])),
+            f"{tmp}/{ROW_TABLE[k.kind]}",
+        )
+        # Second pass over the structures (the first one only counted): cheaper than caching.
+        final = T.mark_conflicts(T.structures(k.lines, k.kind), lost)
+        job.write(
+            final.filter(F.col("reason").isNull()).select(
+                F.lit(split).alias("split"),
+                F.col("key").alias(KEY_NAME[k.kind]),
+                "position",
+                "feature_id",
+                "value",
+            ),
+            f"{tmp}/{FEATURE_TABLE[k.kind]}",
+        )
+        c = k.counts
+        n = c["rejected_lines"] + c["flagged_lines"] + c["structure_rejects"]
+        if n == 0:
+            continue  # no rejects: no third pass, no offsets, no file (as locally)
+        part = S.line_rejects(k.lines)
+        if c["structure_rejects"]:
+            few = c["structure_rejects"] <= BROADCAST_ROWS
+            part = part.unionByName(T.structure_rejects(final, k.base, few))
+        part = S.with_reject_columns(job.small(part, n), S.byte_offsets(k.base), split, k.file)
+        rejects = part if rejects is None else rejects.unionByName(part)
+    if rejects is not None:
+        job.phase(f"write {split} rejects")
+        job.write(rejects, f"{tmp}/rejects")
+    job.phase(f"write {split} feature table")
+    job.write(T.feature_table(decided), f"{tmp}/feature")
 
 
 def transform_split(
     job: Job, split: str, base: str, prior: DataFrame | None
 ) -> tuple[dict[str, Any], str]:
-    """Transform one split into a temp dir and rename it into place; returns (summary, dir)."""
+    """Transform one split into a temp dir and rename it into place; (summary, final dir)."""
     from pyspark.sql import functions as F
 
-    from deepcvr.transform import spark_sql as S
+    from deepcvr.transform import spark_structures as T
 
     final_dir = f"{job.out}/{split}"
     job.fs.delete(f"{final_dir}/{MANIFEST}")  # the old output is no longer known complete
     tmp = temp_sibling(final_dir)
     try:
-        common_uri = f"{base}/{common_name(split)}"
-        skeleton_uri = f"{base}/{skeleton_name(split)}"
-        c_facts, c_lines = _lines(job, common_uri, "common", None)
-        keys = job.keep(c_lines.filter(F.col("reason").isNull()).select("idx"))
-        s_facts, s_lines = _lines(job, skeleton_uri, "skeleton", _small(keys, keys.count()))
-        frames = [
-            KindFrames(
-                "common",
-                common_name(split),
-                c_lines,
-                job.keep(S.structures(c_lines, "common")),
-                facts=c_facts,
-            ),
-            KindFrames(
-                "skeleton",
-                skeleton_name(split),
-                s_lines,
-                job.keep(S.structures(s_lines, "skeleton")),
-                facts=s_facts,
-            ),
-        ]
-        # Feature -> field: the first valid structure wins (earlier splits, common, line, position).
-        split_pairs = job.keep(
-            S.pairs(frames[0].structs, "common").unionByName(S.pairs(frames[1].structs, "skeleton"))
-        )
-        win = job.keep(S.winners(split_pairs, prior))
-        conflicts = job.keep(win.filter(F.col("fields") > 1).select("feature_id", "winner"))
-        conflicts = _small(conflicts, conflicts.count())
-        for fr in frames:
-            fr.final = S.mark_conflicts(fr.structs, conflicts)
-            fr.counts = _line_counts(fr.lines) | _structure_counts(fr.final)
-
-        lit_split = F.lit(split).alias("split")
-        job.write(
-            c_lines.filter(F.col("reason").isNull()).select(
-                lit_split,
-                F.col("idx").alias("common_feature_index"),
-                F.col("num").alias("num_features"),
-            ),
-            f"{tmp}/common_feature_group",
-        )
-        job.write(
-            s_lines.filter(F.col("reason").isNull()).select(
-                lit_split,
-                F.col("sid").alias("sample_id"),
-                F.col("clk").alias("click"),
-                F.col("cvr").alias("conversion"),
-                F.col("idx").alias("common_feature_index"),
-                F.col("num").alias("num_features"),
-            ),
-            f"{tmp}/sample",
-        )
-        for fr, key in zip(frames, ("common_feature_index", "sample_id"), strict=True):
-            assert fr.final is not None
-            job.write(
-                fr.final.filter(F.col("reason").isNull()).select(
-                    lit_split, F.col("key").alias(key), "position", "feature_id", "value"
-                ),
-                f"{tmp}/{FEATURE_TABLE[fr.kind]}",
-            )
-        rejects = None
-        for fr in frames:
-            assert fr.final is not None
-            n = fr.counts["rejected_lines"] + fr.counts["flagged_lines"]
-            n += fr.counts["rejected_structures"]
-            part = S.line_rejects(fr.lines).unionByName(S.structure_rejects(fr.final, fr.lines))
-            part = S.with_reject_columns(_small(part, n), S.byte_offsets(fr.lines), split, fr.file)
-            rejects = part if rejects is None else rejects.unionByName(part)
-        assert rejects is not None
-        job.write(rejects, f"{tmp}/rejects")
-        features = (
-            split_pairs.join(win.select("feature_id", "winner"), "feature_id")
-            .filter(F.col("field") == F.col("winner"))
-            .select("feature_id", F.col("field").alias("field_id"))
-            .distinct()
-            .coalesce(1)
-            .sortWithinPartitions("feature_id")
-        )
-        job.write(features, f"{tmp}/feature")
-        summary, problems = _account(job, split, tmp, frames)
-        ratio = summary["reject_ratio"]
-        ok = not problems and ratio <= job.max_reject_ratio
+        c_name, s_name = common_name(split), skeleton_name(split)
+        common = _read_kind(job, f"{base}/{c_name}", "common", c_name, None)
+        job.phase(f"accepted indexes of {c_name}")
+        keys = job.keep(common.lines.filter(F.col("reason").isNull()).select("idx"))
+        keys = job.small(keys, keys.count())
+        skeleton = _read_kind(job, f"{base}/{s_name}", "skeleton", s_name, keys)
+        kinds = [common, skeleton]
+        for k in kinds:
+            _count_lines(job, k)
+            job.phase(f"structures of {k.file}")
+            k.stats = job.keep(T.structure_stats(T.structures(k.lines, k.kind), k.kind))
+        job.phase(f"feature fields of {split}")
+        decided = job.keep(T.decide_fields([k.stats for k in kinds if k.stats], prior))
+        lost = job.keep(T.conflicts(decided))
+        n_lost = lost.count()
+        lost = job.small(lost, n_lost)
+        for k in kinds:
+            _count_structures(job, k, lost, n_lost > 0)
+        _write_tables(job, split, tmp, kinds, decided, lost)
+        job.phase(f"account {split}")
+        summary, problems = _account(job, split, tmp, kinds)
+        ok = not problems and summary["reject_ratio"] <= job.max_reject_ratio
         if ok:
             job.fs.write_text(f"{tmp}/{MANIFEST}", json.dumps(summary, indent=2, default=str))
-        job.fs.replace_dir(tmp, final_dir)
+        job.fs.replace_dir(tmp, final_dir)  # kept without a manifest on failure, as locally
     except BaseException:
         job.fs.delete(tmp)
         raise
@@ -405,74 +297,70 @@ def transform_split(
     if problems:
         raise DataError(f"{split}: accounting identity failed: {'; '.join(problems)}")
     if not ok:
-        lines = summary["accounting"]["lines"]
-        rejected = summary["accounting"]["rejected_lines"]
+        acc = summary["accounting"]
         raise DataError(
-            f"{split}: {rejected:,} of {lines:,} lines rejected ({ratio:.3%}, limit "
-            f"{job.max_reject_ratio:.3%}); see {final_dir}/rejects for file, line and "
-            f"reason, or raise max_reject_ratio"
+            f"{split}: {acc['rejected_lines']:,} of {acc['lines']:,} lines rejected "
+            f"({summary['reject_ratio']:.3%}, limit {job.max_reject_ratio:.3%}); see "
+            f"{final_dir}/rejects for file, line and reason, or raise max_reject_ratio"
         )
     return summary, final_dir
 
 
-def _account(
-    job: Job, split: str, tmp: str, frames: list[KindFrames]
-) -> tuple[dict[str, Any], list[str]]:
-    """The local engine's accounting: counts from the parse, checked against Parquet footers."""
-    from pyspark.sql import functions as F
-
+def _account(job: Job, split: str, tmp: str, kinds: list[Kind]) -> tuple[dict[str, Any], list[str]]:
+    """The local engine's accounting: line counts from the line pass, structure counts from
+    the counting pass, checked against the Parquet footers the writing pass produced."""
     files: dict[str, dict[str, Any]] = {}
     problems: list[str] = []
-    for fr in frames:
-        c = fr.counts
+    reasons: dict[tuple[str, str], list[int]] = {}
+    for k in kinds:
+        c = k.counts
         totals = {
-            "bytes": fr.facts.size,
+            "bytes": k.facts.size,
             "lines": c["lines"],
             "raw_structures": c["raw_structures"],
             "loaded_lines": c["loaded_lines"],
             "loaded_structures": c["loaded_structures"],
             "rejected_lines": c["rejected_lines"],
-            "rejected_structures": c["rejected_line_structures"] + c["rejected_structures"],
+            "rejected_structures": c["rejected_line_structures"] + c["structure_rejects"],
             "flagged_lines": c["flagged_lines"],
             "crlf_lines": c["crlf_lines"],
         }
-        rows = _rows(job, f"{tmp}/{ROW_TABLE[fr.kind]}")
-        structures = _rows(job, f"{tmp}/{FEATURE_TABLE[fr.kind]}")
+        rows = job.fs.parquet_rows(f"{tmp}/{ROW_TABLE[k.kind]}")
+        structures = job.fs.parquet_rows(f"{tmp}/{FEATURE_TABLE[k.kind]}")
         checks = {
             "lines = loaded + rejected": totals["lines"]
             == totals["loaded_lines"] + totals["rejected_lines"],
             "structures = loaded + rejected": totals["raw_structures"]
             == totals["loaded_structures"] + totals["rejected_structures"],
-            "lines counted twice agree": fr.facts.lines == totals["lines"],
+            # From the tiny per-partition aggregate, independent of the parse.
+            "lines counted twice agree": k.facts.lines == totals["lines"],
             "Parquet rows = loaded lines": rows == totals["loaded_lines"],
             "Parquet structures = loaded structures": structures == totals["loaded_structures"],
         }
-        problems += [f"{fr.file}: {check} does not hold" for check, ok in checks.items() if not ok]
-        files[fr.file] = {"kind": fr.kind, **totals, "checks": checks}
-    by_reason: dict[str, dict[str, int]] = {}
-    counts = (
-        job.spark.read.parquet(f"{tmp}/rejects")
-        .groupBy("reason", "action")
-        .agg(F.count(F.lit(1)).alias("rows"), F.sum("structures").alias("structures"))
-        .collect()
-    )
-    for row in sorted(counts, key=lambda r: (r["reason"], r["action"])):
-        by_reason[f"{row['reason']} ({row['action']})"] = {
-            "rows": int(row["rows"]),
-            "structures": int(row["structures"] or 0),
-        }
+        problems += [f"{k.file}: {check} does not hold" for check, ok in checks.items() if not ok]
+        files[k.file] = {"kind": k.kind, **totals, "checks": checks}
+        for key, (n, structs) in k.reasons.items():
+            got = reasons.setdefault(key, [0, 0])
+            got[0] += n
+            got[1] += structs
+    rejects_rows = job.fs.parquet_rows(f"{tmp}/rejects")
+    if rejects_rows != sum(n for n, _ in reasons.values()):
+        problems.append(f"rejects: {rejects_rows:,} rows written, counters say otherwise")
     lines = sum(f["lines"] for f in files.values())
     rejected = sum(f["rejected_lines"] for f in files.values())
     summary = {
         "split": split,
         "engine": "spark",
         "version": __version__,
-        "accounting": {k: sum(int(f[k]) for f in files.values()) for k in COUNTERS},
+        "accounting": {n: sum(int(f[n]) for f in files.values()) for n in COUNTERS},
         "files": files,
-        "rejects": by_reason,
+        "rejects": {
+            f"{reason} ({action})": {"rows": n, "structures": structs}
+            for (reason, action), (n, structs) in sorted(reasons.items())
+        },
         "reject_ratio": rejected / lines if lines else 0.0,
         "resumed_chunks": 0,
-        "chunks": sum(fr.facts.partitions for fr in frames),
+        "chunks": sum(k.facts.partitions for k in kinds),  # Spark input partitions
     }
     return summary, problems
 
@@ -488,17 +376,6 @@ def _write_field_table(job: Job) -> None:
     job.fs.replace_dir(tmp, final)
 
 
-def _prior_features(job: Job, uri: str, rank: int) -> DataFrame:
-    """A finished split's feature table as decided pairs that win over anything new."""
-    from pyspark.sql import functions as F
-
-    return job.spark.read.parquet(uri).select(
-        F.col("feature_id").cast("int"),
-        F.col("field_id").alias("field"),
-        F.lit(rank - 1000).cast("long").alias("first"),
-    )
-
-
 def spark_transform(
     spark: SparkSession,
     raw: str,
@@ -506,29 +383,40 @@ def spark_transform(
     splits: list[str] | None = None,
     max_reject_ratio: float = 0.001,
 ) -> dict[str, Any]:
-    """Transform every requested split of `raw` (a URI) into `out`; a summary per split."""
+    """Transform every requested split under `raw` (a URI) into `out`; a summary per split."""
+    from deepcvr.transform import spark_structures as T
+
     start = time.monotonic()
     fs = HadoopFS(spark)
     wanted = find_splits(fs, raw, splits)
-    _writable(fs, out)
+    fs.check_writable(out)
     job = Job(spark, fs, out, max_reject_ratio)
-    prior: DataFrame | None = None
-    rank = 0
-    for split in SPLITS:  # finished splits not redone here keep their decisions (local engine)
+    # Finished splits not redone here keep their feature decisions, as in the local engine;
+    # within this run, train decides before test.
+    prior: list[DataFrame] = []
+    for split in SPLITS:
         done = f"{out}/{split}"
         if split not in wanted and fs.exists(f"{done}/{MANIFEST}") and fs.exists(f"{done}/feature"):
-            part = _prior_features(job, f"{done}/feature", rank)
-            prior = part if prior is None else prior.unionByName(part)
-            rank += 1
-    _write_field_table(job)
+            prior.append(T.prior_codes(spark.read.parquet(f"{done}/feature"), len(prior)))
     summary: dict[str, Any] = {}
-    for split in SPLITS:
-        if split not in wanted:
-            continue
-        summary[split], done = transform_split(job, split, wanted[split], prior)
-        part = _prior_features(job, f"{done}/feature", rank)
-        prior = part if prior is None else prior.unionByName(part)
-        rank += 1
+    # Cached frames live for one split: building them uncompressed saves ~20% of the parse's
+    # CPU; they spill to disk when memory is short. The session's setting is restored after.
+    saved = spark.conf.get(CACHE_COMPRESSED, None)
+    spark.conf.set(CACHE_COMPRESSED, "false")
+    try:
+        job.phase("field table")
+        _write_field_table(job)
+        for split in SPLITS:
+            if split in wanted:
+                prior_codes = T.merge_prior(prior)
+                summary[split], done = transform_split(job, split, wanted[split], prior_codes)
+                prior.append(T.prior_codes(spark.read.parquet(f"{done}/feature"), len(prior)))
+    finally:
+        spark.sparkContext.setJobDescription(None)  # type: ignore[arg-type]
+        if saved is None:
+            spark.conf.unset(CACHE_COMPRESSED)
+        else:
+            spark.conf.set(CACHE_COMPRESSED, saved)
     seconds = time.monotonic() - start
     total = sum(v["accounting"]["bytes"] for v in summary.values())
     return {
@@ -538,16 +426,6 @@ def spark_transform(
         "engine": "spark",
         "master": spark.sparkContext.master,
     }
-
-
-@contextmanager
-def session(settings: dict[str, str]) -> Iterator[SparkSession]:
-    spark, owned = spark_session(settings)
-    try:
-        yield spark
-    finally:
-        if owned:
-            spark.stop()
 
 
 def run_spark_transform(
@@ -573,7 +451,7 @@ def run_spark_transform(
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point for spark-submit: the session comes from spark-submit's --master/--conf."""
+    """Entry point for spark-submit; --master/--conf of spark-submit shape the session."""
     parser = argparse.ArgumentParser(description="deepcvr transform on Spark")
     parser.add_argument("raw", help="raw directory or URI (s3a://, hdfs://)")
     parser.add_argument("out", help="Parquet directory or URI")

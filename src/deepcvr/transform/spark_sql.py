@@ -1,6 +1,7 @@
-"""The Ali-CCP parse as Spark SQL expressions: the semantics of parse.py, run in the JVM only.
+"""Raw lines as Spark SQL: numbering, line-level checks, duplicates, orphans, line rejects.
 
-No Python UDFs: executors never start a Python worker. Line numbers come from the scan itself:
+The semantics of parse.py in Spark SQL functions only: no Python UDFs, so executors never start
+a Python worker, and no data row reaches the driver. Line numbers come from the scan itself:
 each row knows its file block (`_metadata.file_block_start`) and its place in the Spark
 partition (`monotonically_increasing_id`); one tiny aggregate per file (rows and bytes per
 partition) gives every partition its first line and first byte.
@@ -15,24 +16,16 @@ from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from deepcvr.aliccp import FIELD_IDS, FIELD_SEP, ITEM_SEP, VALUE_SEP
+from deepcvr.aliccp import FIELD_SEP, ITEM_SEP, VALUE_SEP
 from deepcvr.errors import DataError
 from deepcvr.transform import reasons as P
 
 # Java regexes: `\z` because Java's `$` also matches before a final line terminator.
 INDEX16 = r"^[0-9a-f]{16}\z"
 INT = r"^[+-]?[0-9]+\z"  # what Polars' strict=False integer cast accepts (Spark also trims)
-FLOAT = r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?"  # Polars' finite floats
-_TOKEN = "[^\x01\x02\x03]+"
-STRUCT = f"^{_TOKEN}\x02{_TOKEN}\x03{_TOKEN}\\z"
-# One regex for the usual structure: well formed with a clean id and value; others get the
-# step-by-step checks that pick the reason.
-CLEAN_STRUCT = f"^{_TOKEN}\x02[+-]?[0-9]+\x03{FLOAT}\\z"
 
 PID_SHIFT = 33  # monotonically_increasing_id() = partition id << 33 | row index in partition
 BOM = "\ufeff"  # Hadoop's line reader drops a UTF-8 byte order mark at offset 0; put it back
-KIND_RANK = {"common": 0, "skeleton": 1}  # common file before skeleton when fields conflict
-
 KEY = {"common": "idx", "skeleton": "sid"}
 NAMES = {
     "common": ["idx", "num_s", "fl"],
@@ -130,7 +123,7 @@ def _lit(value: Any, dtype: str | None) -> Column:
     return F.lit(value) if dtype is None else F.lit(value).cast(dtype)
 
 
-def _when_chain(checks: list[tuple[Column, str]]) -> Column:
+def when_chain(checks: list[tuple[Column, str]]) -> Column:
     expr = None
     for cond, reason in checks:
         expr = F.when(cond, reason) if expr is None else expr.when(cond, reason)
@@ -138,7 +131,7 @@ def _when_chain(checks: list[tuple[Column, str]]) -> Column:
     return expr.otherwise(F.lit(None).cast("string"))
 
 
-def _int(text: Column, kind: str) -> Column:
+def as_int(text: Column, kind: str) -> Column:
     return F.when(text.rlike(INT), text.try_cast(kind))
 
 
@@ -179,10 +172,14 @@ def parse_lines(numbered: DataFrame, kind: str, facts: FileLines) -> DataFrame:
     # Where the feature list starts (1-based characters), so it need not be stored twice.
     fl_start = sum((F.length(n) + 1 for n in names[:-1]), F.lit(1))
     df = df.withColumn("fl_start", fl_start.cast("int")).withColumn(
-        "num", _int(F.col("num_s"), "int")
+        "num", as_int(F.col("num_s"), "int")
     )
     c = F.col
     fl = c("fl")
+    # A separator-free feature list that is one token ("205") still holds one (malformed)
+    # structure, as parse.py counts it; a null list (too few columns) leaves it at 0.
+    lone = (c("structures") == 0) & (fl != "") & ~fl.contains(",")
+    df = df.withColumn("structures", F.when(lone, 1).otherwise(c("structures")).cast("int"))
     checks: list[tuple[Column, str]] = [
         (c("invalid_utf8"), P.INVALID_UTF8),
         (~c("has_newline"), P.TRUNCATED_LAST_LINE),
@@ -191,9 +188,9 @@ def parse_lines(numbered: DataFrame, kind: str, facts: FileLines) -> DataFrame:
     if kind == "skeleton":
         df = df.select(
             "*",
-            _int(c("sid_s"), "bigint").alias("sid"),
-            _int(c("clk_s"), "tinyint").alias("clk"),
-            _int(c("cvr_s"), "tinyint").alias("cvr"),
+            as_int(c("sid_s"), "bigint").alias("sid"),
+            as_int(c("clk_s"), "tinyint").alias("clk"),
+            as_int(c("cvr_s"), "tinyint").alias("cvr"),
         )
         checks += [
             (c("sid").isNull() | (c("sid") <= 0), P.BAD_SAMPLE_ID),
@@ -221,7 +218,7 @@ def parse_lines(numbered: DataFrame, kind: str, facts: FileLines) -> DataFrame:
         "idx",
         "num",
         *keep,
-        _when_chain(checks).alias("reason0"),
+        when_chain(checks).alias("reason0"),
     )
 
 
@@ -251,105 +248,9 @@ def final_lines(
     return df.withColumn("reason", reason).drop("reason0", "dup", "has_group")
 
 
-def feature_list(df: DataFrame) -> Column:
+def feature_list() -> Column:
+    """The feature list of a line: its text from `fl_start` (stored instead of a copy)."""
     return F.expr("substring(text, fl_start)")
-
-
-def structures(lines: DataFrame, kind: str) -> DataFrame:
-    """Structures of accepted lines with the first structure-level reason (before conflicts)."""
-    accepted = lines.filter(F.col("reason").isNull())
-    exploded = accepted.select(
-        F.col(KEY[kind]).alias("key"),
-        "line",
-        F.posexplode(F.split(feature_list(accepted), ITEM_SEP, -1)).alias("position", "s"),
-    )
-    s = F.col("s")
-    clean = s.rlike(CLEAN_STRUCT)
-    field = F.substring_index(s, FIELD_SEP, 1)
-    fid_s = F.substring_index(F.substring_index(s, VALUE_SEP, 1), FIELD_SEP, -1)
-    value_s = F.substring_index(s, VALUE_SEP, -1)
-    fid = F.when(clean | fid_s.rlike(INT), fid_s.try_cast("int"))
-    value = F.when(clean | value_s.rlike(f"^{FLOAT}\\z"), value_s.try_cast("double"))
-    parsed = exploded.select(
-        "key",
-        "line",
-        F.col("position").cast("short").alias("position"),
-        (clean | s.rlike(STRUCT)).alias("shape_ok"),
-        field.alias("field"),
-        fid.alias("feature_id"),
-        value.alias("value"),
-        s,
-    )
-    c = F.col
-    finite = ~F.isnan(c("value")) & (F.abs(c("value")) != float("inf"))
-    reason = _when_chain(
-        [
-            (~c("shape_ok"), P.MALFORMED_STRUCTURE),
-            (~c("field").isin(*sorted(FIELD_IDS)), P.UNKNOWN_FIELD),
-            (c("feature_id").isNull() | (c("feature_id") <= 0), P.BAD_FEATURE_ID),
-            (c("value").isNull() | ~finite, P.BAD_VALUE),
-        ]
-    )
-    return parsed.select(
-        "key",
-        "line",
-        "position",
-        "field",
-        "feature_id",
-        "value",
-        reason.alias("sreason"),
-        # Raw text only where a reject needs it; conflicts fetch theirs from the line later.
-        F.when(reason.isNotNull(), F.substring(s, 1, P.RAW_TEXT_LIMIT)).alias("raw"),
-    )
-
-
-def order_key(kind: str) -> Column:
-    """File order of a structure inside a split: common before skeleton, then line, position."""
-    return (
-        F.lit(KIND_RANK[kind]) * F.lit(1 << 50)
-        + F.col("line") * F.lit(1 << 16)
-        + F.col("position").cast("long")
-    )
-
-
-def pairs(structs: DataFrame, kind: str) -> DataFrame:
-    """Distinct (feature_id, field) of valid structures with their first place."""
-    return (
-        structs.filter(F.col("sreason").isNull())
-        .groupBy("feature_id", "field")
-        .agg(F.min(order_key(kind)).alias("first"))
-    )
-
-
-def winners(split_pairs: DataFrame, prior: DataFrame | None) -> DataFrame:
-    """Per feature id: how many fields claim it and the field seen first (prior splits first)."""
-    allp = split_pairs
-    if prior is not None:
-        allp = allp.unionByName(prior)
-    allp = allp.groupBy("feature_id", "field").agg(F.min("first").alias("first"))
-    return allp.groupBy("feature_id").agg(
-        F.count(F.lit(1)).alias("fields"), F.min_by("field", "first").alias("winner")
-    )
-
-
-def mark_conflicts(structs: DataFrame, conflicts: DataFrame) -> DataFrame:
-    """Reject valid structures whose feature id belongs to another field."""
-    df = structs.join(conflicts, "feature_id", "left")
-    lost = F.col("sreason").isNull() & F.col("winner").isNotNull()
-    lost = lost & (F.col("field") != F.col("winner"))
-    return df.select(
-        "key",
-        "line",
-        "position",
-        "field",
-        "feature_id",
-        "value",
-        F.when(lost, P.FEATURE_FIELD_CONFLICT).otherwise(F.col("sreason")).alias("reason"),
-        F.when(
-            lost, F.format_string("feature %d belongs to field %s", "feature_id", "winner")
-        ).alias("detail"),
-        "raw",
-    )
 
 
 def byte_offsets(lines: DataFrame) -> DataFrame:
@@ -385,55 +286,19 @@ REJECT_COLUMNS: list[tuple[str, T.DataType]] = [
 
 
 def line_rejects(lines: DataFrame) -> DataFrame:
-    """Rejected lines and flagged lines (declared feature_num differs from what is there)."""
-    rejected = lines.filter(F.col("reason").isNotNull()).select(
+    """Rejected lines, and flagged ones (declared feature_num differs from what is there)."""
+    c = F.col
+    flagged = c("reason").isNull() & (c("num") != c("structures"))
+    return lines.filter(c("reason").isNotNull() | flagged).select(
         "line",
         F.lit(None).cast("short").alias("position"),
-        "reason",
-        F.lit(P.REJECTED).alias("action"),
-        "structures",
-        F.lit(None).cast("string").alias("detail"),
+        F.coalesce(c("reason"), F.lit(P.FEATURE_NUM_MISMATCH)).alias("reason"),
+        F.when(flagged, P.FLAGGED).otherwise(P.REJECTED).alias("action"),
+        F.when(flagged, 0).otherwise(c("structures")).alias("structures"),
+        F.when(
+            flagged, F.format_string("declared %d structures, found %d", "num", "structures")
+        ).alias("detail"),
         F.substring("text", 1, P.RAW_TEXT_LIMIT).alias("raw"),
-    )
-    flagged = lines.filter(F.col("reason").isNull() & (F.col("num") != F.col("structures"))).select(
-        "line",
-        F.lit(None).cast("short").alias("position"),
-        F.lit(P.FEATURE_NUM_MISMATCH).alias("reason"),
-        F.lit(P.FLAGGED).alias("action"),
-        F.lit(0).alias("structures"),
-        F.format_string("declared %d structures, found %d", "num", "structures").alias("detail"),
-        F.substring("text", 1, P.RAW_TEXT_LIMIT).alias("raw"),
-    )
-    return rejected.unionByName(flagged)
-
-
-def structure_rejects(final: DataFrame, lines: DataFrame) -> DataFrame:
-    """Rejected structures; a conflict's raw text is fetched from its line (it was valid)."""
-    rejected = final.filter(F.col("reason").isNotNull())
-    text = lines.select("line", "text", "fl_start")
-    item = F.get(F.split(feature_list(text), ITEM_SEP, -1), F.col("position").cast("int"))
-    missing = (
-        rejected.filter(F.col("raw").isNull())
-        .join(text, "line")
-        .select(
-            "line",
-            "position",
-            "reason",
-            "detail",
-            F.substring(item, 1, P.RAW_TEXT_LIMIT).alias("raw"),
-        )
-    )
-    known = rejected.filter(F.col("raw").isNotNull()).select(
-        "line", "position", "reason", "detail", "raw"
-    )
-    return known.unionByName(missing).select(
-        "line",
-        "position",
-        "reason",
-        F.lit(P.REJECTED).alias("action"),
-        F.lit(1).alias("structures"),
-        "detail",
-        "raw",
     )
 
 

@@ -1,0 +1,257 @@
+"""Feature lists as Spark SQL: structures, their rejects, and which field owns a feature id.
+
+The semantics of structures.py: a structure is checked for shape, field, id and value in that
+order; a feature id belongs to the field of its first valid structure (earlier splits first,
+then common file before skeleton, then line, then position), later ones under another field
+are rejected. Fields travel as a tinyint code (the order of aliccp.FIELDS) so the aggregations
+stay on primitive keys.
+"""
+
+from __future__ import annotations
+
+from pyspark.sql import Column, DataFrame
+from pyspark.sql import functions as F
+
+from deepcvr.aliccp import FIELD_SEP, FIELDS, ITEM_SEP, VALUE_SEP
+from deepcvr.transform import reasons as P
+from deepcvr.transform.spark_sql import KEY, feature_list
+
+FIELD_ORDER = [f.field_id for f in FIELDS]  # code = index, as the local FeatureRegistry
+KIND_RANK = {"common": 0, "skeleton": 1}
+STRUCTURE_REASONS = [P.MALFORMED_STRUCTURE, P.UNKNOWN_FIELD, P.BAD_FEATURE_ID, P.BAD_VALUE]
+
+
+def _names() -> Column:
+    return F.array(*(F.lit(f) for f in FIELD_ORDER))
+
+
+def field_code(field: Column) -> Column:
+    """0-based code of a field id, -1 when it is not one of the 23 fields."""
+    return (F.array_position(_names(), field) - 1).cast("tinyint")
+
+
+def field_name(code: Column) -> Column:
+    return F.element_at(_names(), code.cast("int") + 1)
+
+
+def _edges(token: Column, first: str, last: str) -> Column:
+    """First and last characters in the given sets: what makes Spark's casts (which trim
+    control characters and accept `1.0d`) read exactly the strings Polars reads."""
+    return F.substring(token, 1, 1).isin(*first) & F.substring(token, -1, 1).isin(*last)
+
+
+def structures(lines: DataFrame, kind: str) -> DataFrame:
+    """Structures of accepted lines with the first structure-level reason (before conflicts).
+
+    Byte-level `substring_index` splits, no regex: a structure is well formed (one 0x02, then
+    one 0x03, three non-empty parts) exactly when the parts around the first 0x02 and the last
+    0x03 hold no other separator and the lengths add up."""
+    accepted = lines.filter(F.col("reason").isNull())
+    exploded = accepted.select(
+        F.col(KEY[kind]).alias("key"),
+        "line",
+        F.posexplode(F.split(feature_list(), ITEM_SEP, -1)).alias("position", "s"),
+    )
+    s = F.col("s")
+    field_s = F.substring_index(s, FIELD_SEP, 1)
+    fid_s = F.substring_index(F.substring_index(s, VALUE_SEP, 1), FIELD_SEP, -1)
+    value_s = F.substring_index(s, VALUE_SEP, -1)
+    sizes = [F.octet_length(part) for part in (field_s, fid_s, value_s)]
+    shape_ok = (
+        ~field_s.contains(VALUE_SEP)
+        & ~value_s.contains(FIELD_SEP)
+        & (sizes[0] > 0)
+        & (sizes[1] > 0)
+        & (sizes[2] > 0)
+        & (sizes[0] + sizes[1] + sizes[2] + 2 == F.octet_length(s))
+    )
+    digits = "0123456789"
+    int_ok = _edges(fid_s, "+-" + digits, digits)
+    float_ok = _edges(value_s, "+-." + digits, "." + digits)
+    float_ok = float_ok & ~value_s.contains("x") & ~value_s.contains("X")  # no hex floats
+    parsed = exploded.select(
+        "key",
+        "line",
+        F.col("position").cast("short").alias("position"),
+        shape_ok.alias("shape_ok"),
+        field_code(field_s).alias("code"),
+        F.when(int_ok, fid_s.try_cast("int")).alias("feature_id"),
+        F.when(float_ok, value_s.try_cast("double")).alias("value"),
+        s,
+    )
+    c = F.col
+    finite = ~F.isnan(c("value")) & (F.abs(c("value")) != float("inf"))
+    # 0 = valid, else 1 + the index in STRUCTURE_REASONS (the order of structures.py).
+    rcode = (
+        F.when(~c("shape_ok"), 1)
+        .when(c("code") < 0, 2)
+        .when(c("feature_id").isNull() | (c("feature_id") <= 0), 3)
+        .when(c("value").isNull() | ~finite, 4)
+        .otherwise(0)
+        .cast("tinyint")
+    )
+    return parsed.select(
+        "key",
+        "line",
+        "position",
+        "code",
+        "feature_id",
+        "value",
+        rcode.alias("rcode"),
+        # Raw text only where a reject needs it; a conflict fetches its own from the line.
+        F.when(rcode > 0, F.substring(s, 1, P.RAW_TEXT_LIMIT)).alias("raw"),
+    )
+
+
+def reason_name(rcode: Column) -> Column:
+    """The reason code of a structure, null when it is valid (code 0)."""
+    names = F.array(*(F.lit(r) for r in STRUCTURE_REASONS))
+    return F.when(rcode > 0, F.element_at(names, rcode.cast("int")))
+
+
+def _first(kind: str) -> Column:
+    """A structure's place in the split with its field code in the low 5 bits, so one min()
+    gives both the first place and its field: common before skeleton, line, position."""
+    return (
+        F.lit(KIND_RANK[kind]) * F.lit(1 << 55)
+        + F.col("line") * F.lit(1 << 21)
+        + F.col("position").cast("long") * F.lit(32)
+        + F.col("code").cast("long")
+    )
+
+
+def structure_stats(structs: DataFrame, kind: str) -> DataFrame:
+    """Structures counted per (feature_id, field) when valid and per reason when rejected,
+    keyed by one long (feature_id * 32 + code, or -reason code) so the hash aggregation stays
+    on primitives. Small, and enough for the field decisions and every structure counter,
+    so the exploded structures need not be cached."""
+    c = F.col
+    key = F.when(c("rcode") == 0, c("feature_id").cast("long") * 32 + c("code")).otherwise(
+        -c("rcode").cast("long")
+    )
+    return structs.groupBy(key.alias("k")).agg(
+        F.count(F.lit(1)).alias("n"), F.min(F.when(c("rcode") == 0, _first(kind))).alias("first")
+    )
+
+
+def valid_pairs(stats: DataFrame) -> DataFrame:
+    """(feature_id, code, n, first) of the valid structures in a stats frame."""
+    k = F.col("k")
+    return stats.filter(k >= 0).select(
+        F.expr("cast(k div 32 as int)").alias("feature_id"),
+        (k % 32).cast("tinyint").alias("code"),
+        "n",
+        "first",
+    )
+
+
+def _bit(code: str) -> Column:
+    """The one-bit mask of a field code (23 fields fit an int)."""
+    return F.expr(f"shiftleft(1, cast({code} as int))")
+
+
+def decide_fields(stats: list[DataFrame], prior: DataFrame | None) -> DataFrame:
+    """Per feature id of the split: a bit mask of the fields its valid structures claim and
+    the winning field code (a finished split's decision, else the first structure's field).
+
+    `prior` is (feature_id, code)."""
+    valid = None
+    for df in stats:
+        part = valid_pairs(df).select("feature_id", "code", "first")
+        valid = part if valid is None else valid.unionByName(part)
+    assert valid is not None
+    agg = valid.groupBy("feature_id").agg(
+        F.bit_or(_bit("code")).alias("mask"), F.min("first").alias("first")
+    )
+    winner = (F.col("first") % 32).cast("tinyint")
+    if prior is not None:
+        agg = agg.join(prior.withColumnRenamed("code", "prior_code"), "feature_id", "left")
+        winner = F.coalesce(F.col("prior_code"), winner)
+    return agg.select("feature_id", "mask", winner.alias("winner"))
+
+
+def lost_structures(stats: DataFrame, lost: DataFrame) -> DataFrame:
+    """How many valid structures of a file lose their feature id to another field."""
+    return (
+        valid_pairs(stats)
+        .join(lost, "feature_id")
+        .filter(F.col("code") != F.col("winner"))
+        .agg(F.sum("n").alias("n"))
+    )
+
+
+def conflicts(decided: DataFrame) -> DataFrame:
+    """Feature ids claimed by a field other than the winner (rare in real data)."""
+    return decided.filter(F.col("mask") != _bit("winner")).select("feature_id", "winner")
+
+
+def feature_table(decided: DataFrame) -> DataFrame:
+    """The split's feature table: ids whose winning field has a loaded structure here."""
+    return decided.filter((F.col("mask").bitwiseAND(_bit("winner"))) != 0).select(
+        F.col("feature_id").cast("int"), field_name(F.col("winner")).alias("field_id")
+    )
+
+
+def prior_codes(table: DataFrame, rank: int) -> DataFrame:
+    """A finished split's feature table as decided (feature_id, code, rank)."""
+    return table.select(
+        F.col("feature_id").cast("int"),
+        field_code(F.col("field_id")).alias("code"),
+        F.lit(rank).alias("rank"),
+    )
+
+
+def merge_prior(parts: list[DataFrame]) -> DataFrame | None:
+    """Earlier decisions first: the lowest rank wins a feature id."""
+    if not parts:
+        return None
+    union = parts[0]
+    for part in parts[1:]:
+        union = union.unionByName(part)
+    return union.groupBy("feature_id").agg(F.min_by("code", "rank").alias("code"))
+
+
+def mark_conflicts(structs: DataFrame, lost: DataFrame) -> DataFrame:
+    """Final reason of each structure: valid ones whose feature id another field won lose."""
+    df = structs.join(lost, "feature_id", "left")
+    c = F.col
+    conflict = (c("rcode") == 0) & c("winner").isNotNull() & (c("code") != c("winner"))
+    winner = field_name(c("winner"))
+    detail = F.format_string("feature %d belongs to field %s", "feature_id", winner)
+    return df.select(
+        "key",
+        "line",
+        "position",
+        "feature_id",
+        "value",
+        F.when(conflict, P.FEATURE_FIELD_CONFLICT)
+        .otherwise(reason_name(c("rcode")))
+        .alias("reason"),
+        F.when(conflict, detail).alias("detail"),
+        "raw",
+    )
+
+
+def structure_rejects(final: DataFrame, base: DataFrame, broadcast: bool) -> DataFrame:
+    """Rejected structures; a conflict's raw text is cut from its line (it was valid)."""
+    rejected = final.filter(F.col("reason").isNotNull())
+    missing = rejected.filter(F.col("raw").isNull())
+    if broadcast:  # few rejects: do not shuffle every line's text to find theirs
+        missing = F.broadcast(missing)
+    text = base.select("line", "text", "fl_start")
+    item = F.get(F.split(feature_list(), ITEM_SEP, -1), F.col("position").cast("int"))
+    fetched = missing.join(text, "line").select(
+        "line", "position", "reason", "detail", F.substring(item, 1, P.RAW_TEXT_LIMIT).alias("raw")
+    )
+    known = rejected.filter(F.col("raw").isNotNull()).select(
+        "line", "position", "reason", "detail", "raw"
+    )
+    return known.unionByName(fetched).select(
+        "line",
+        "position",
+        "reason",
+        F.lit(P.REJECTED).alias("action"),
+        F.lit(1).alias("structures"),
+        "detail",
+        "raw",
+    )
