@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from measure import ROOT
+from transform import make_input
 
 sys.path.insert(0, str(ROOT / "src"))
 
@@ -47,20 +48,6 @@ class Row:
     @property
     def mb_per_s(self) -> float:
         return self.input_bytes / 1e6 / self.seconds
-
-
-def make_input(data_dir: Path, samples: int, seed: int = 11) -> tuple[Path, int, int]:
-    """Generated input, cached by size (the same cache as benchmarks/transform.py)."""
-    from deepcvr.synth import generate
-
-    raw = data_dir / f"raw-{samples}"
-    marker = raw / "structures.txt"
-    if not marker.exists():
-        shutil.rmtree(raw, ignore_errors=True)
-        result = generate(raw / "train", samples, "train", seed=seed)
-        marker.write_text(str(result.sample_structures + result.common_structures))
-    size = sum(p.stat().st_size for p in (raw / "train").glob("*.csv"))
-    return raw, size, int(marker.read_text())
 
 
 def _rowwise_features(kind: str) -> Any:

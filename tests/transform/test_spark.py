@@ -16,25 +16,10 @@ from deepcvr.synth import generate
 from deepcvr.transform import parse as P
 from deepcvr.transform.engine import TransformOptions, transform
 from deepcvr.transform.parse import SCHEMAS
+from tests.transform.test_engine import KEYS, TABLES
 
 pytestmark = pytest.mark.spark
 
-TABLES = (
-    "common_feature_group",
-    "common_feature",
-    "sample",
-    "sample_feature",
-    "feature",
-    "rejects",
-)
-KEYS = {
-    "common_feature_group": ["common_feature_index"],
-    "common_feature": ["common_feature_index", "position"],
-    "sample": ["sample_id"],
-    "sample_feature": ["sample_id", "position"],
-    "feature": ["feature_id"],
-    "rejects": ["file", "line", "position", "reason"],
-}
 ALL_REASONS = {
     P.INVALID_UTF8,
     P.TRUNCATED_LAST_LINE,
