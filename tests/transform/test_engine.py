@@ -206,3 +206,24 @@ def test_stage_raw_off_reads_archives_with_identical_output(tmp_path: Path) -> N
     a, b = read_tables(staged), read_tables(streamed)
     for table in TABLES:
         assert a[table].equals(b[table]), table
+
+
+def test_orphan_holds_no_key_whatever_the_chunking(tmp_path: Path) -> None:
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    idx, absent = "0123456789abcdef", "fedcba9876543210"
+    (raw / "common_features_train.csv").write_text(f"{idx},1,101\x027\x031.0\n")
+    (raw / "sample_skeleton_train.csv").write_text(
+        f"1,0,0,{absent},1,205\x028\x031.0\n" + f"1,1,0,{idx},1,205\x028\x031.0\n"
+    )
+    for chunk_bytes in (10**9, 1):
+        out = tmp_path / f"out{chunk_bytes}"
+        transform(
+            raw,
+            out,
+            None,
+            TransformOptions(workers=1, chunk_bytes=chunk_bytes, max_reject_ratio=1.0),
+        )
+        frames = read_tables(out)
+        assert frames["rejects"].select("line", "reason").rows() == [(1, P.ORPHAN_COMMON_INDEX)]
+        assert frames["sample"].select("sample_id", "click").rows() == [(1, 1)]

@@ -174,7 +174,8 @@ def parse_chunk(data: bytes, ctx: ChunkContext) -> ChunkResult:
             cvr=pl.col("conversion").cast(pl.Int8, strict=False),
         )
     cols = cols.with_columns(reason=_line_reason(ctx))
-    cols = _mark_duplicates(cols, ctx)
+    # Orphans before duplicates: an orphan line holds no key, in this chunk as across chunks
+    # (the cross-chunk key index lists accepted lines only), so chunking cannot change the result.
     if ctx.kind == "skeleton" and ctx.common_indexes is not None:
         orphan = ~pl.col("common_feature_index").is_in(ctx.common_indexes.implode())
         cols = cols.with_columns(
@@ -182,6 +183,7 @@ def parse_chunk(data: bytes, ctx: ChunkContext) -> ChunkResult:
             .then(pl.lit(ORPHAN_COMMON_INDEX))
             .otherwise(pl.col("reason"))
         )
+    cols = _mark_duplicates(cols, ctx)
 
     good = cols.filter(pl.col("reason").is_null())
     bad = cols.filter(pl.col("reason").is_not_null())

@@ -133,9 +133,9 @@ def _read_kind(job: Job, uri: str, kind: str, name: str, keys: DataFrame | None)
     job.phase(f"number lines of {name}")
     numbered, facts = S.number_lines(job.spark, uri, job.fs.size(uri))
     job.phase(f"parse lines of {name}")
-    base = job.keep(S.parse_lines(numbered, kind, facts))
+    base = job.keep(S.with_orphans(S.parse_lines(numbered, kind, facts), keys))
     dups = job.keep(S.duplicate_lines(base, kind))
-    lines = S.final_lines(base, kind, job.small(dups, dups.count()), keys)
+    lines = S.final_lines(base, kind, job.small(dups, dups.count()))
     return Kind(kind, name, facts, base, lines)
 
 

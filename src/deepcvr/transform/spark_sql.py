@@ -235,17 +235,22 @@ def duplicate_lines(base: DataFrame, kind: str) -> DataFrame:
     )
 
 
-def final_lines(
-    base: DataFrame, kind: str, dups: DataFrame, common_keys: DataFrame | None
-) -> DataFrame:
-    """Line reason after the duplicate check and, for impressions, the orphan check."""
+def with_orphans(base: DataFrame, common_keys: DataFrame | None) -> DataFrame:
+    """Impressions whose common index is absent, checked before duplicates (as the local
+    engine does): an orphan line holds no key."""
+    if common_keys is None:
+        return base
+    df = base.join(common_keys.select("idx", F.lit(True).alias("has_group")), "idx", "left")
+    orphan = F.when(F.col("has_group").isNull(), P.ORPHAN_COMMON_INDEX)
+    return df.withColumn("reason0", F.coalesce(F.col("reason0"), orphan)).drop("has_group")
+
+
+def final_lines(base: DataFrame, kind: str, dups: DataFrame) -> DataFrame:
+    """Line reason after the duplicate check."""
     dup_reason = P.DUPLICATE_SAMPLE_ID if kind == "skeleton" else P.DUPLICATE_COMMON_INDEX
     df = base.join(dups, "line", "left")
     reason = F.coalesce(F.col("reason0"), F.when(F.col("dup"), dup_reason))
-    if common_keys is not None:
-        df = df.join(common_keys.select("idx", F.lit(True).alias("has_group")), "idx", "left")
-        reason = F.coalesce(reason, F.when(F.col("has_group").isNull(), P.ORPHAN_COMMON_INDEX))
-    return df.withColumn("reason", reason).drop("reason0", "dup", "has_group")
+    return df.withColumn("reason", reason).drop("reason0", "dup")
 
 
 def feature_list() -> Column:
