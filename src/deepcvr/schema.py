@@ -215,10 +215,26 @@ MODEL: tuple[Table, ...] = (
 TABLES: dict[str, Table] = {t.name: t for t in (*MODEL, REJECTS)}
 
 
+def primary_key_clause(table: Table) -> str:
+    return f"PRIMARY KEY ({', '.join(table.primary_key)})"
+
+
+def foreign_key_clause(fk: ForeignKey, ref_name: str | None = None) -> str:
+    return (
+        f"FOREIGN KEY ({', '.join(fk.columns)}) "
+        f"REFERENCES {ref_name or fk.ref_table} ({', '.join(fk.ref_columns)})"
+    )
+
+
 def create_table_sql(
-    table: Table, dialect: str, name: str | None = None, with_keys: bool = False
+    table: Table,
+    dialect: str,
+    name: str | None = None,
+    with_keys: bool = False,
+    foreign_keys: tuple[ForeignKey, ...] = (),
 ) -> str:
-    """CREATE TABLE for `dialect`; keys are normally added after the bulk load."""
+    """CREATE TABLE for `dialect`; keys are normally added after the bulk load (DuckDB, which
+    cannot add foreign keys later, passes the ones to enforce here)."""
     types = SQL_TYPES[dialect]
     cols = [f"{c.name} {types[c.type]}{'' if c.nullable else ' NOT NULL'}" for c in table.columns]
     if (
@@ -226,24 +242,6 @@ def create_table_sql(
         and table.primary_key
         and not any(c.nullable for c in table.columns if c.name in table.primary_key)
     ):
-        cols.append(f"PRIMARY KEY ({', '.join(table.primary_key)})")
+        cols.append(primary_key_clause(table))
+    cols += [foreign_key_clause(fk) for fk in foreign_keys]
     return f"CREATE TABLE {name or table.name} ({', '.join(cols)})"
-
-
-def primary_key_sql(table: Table, dialect: str, name: str | None = None) -> str:
-    return f"ALTER TABLE {name or table.name} ADD PRIMARY KEY ({', '.join(table.primary_key)})"
-
-
-def foreign_key_sql(
-    table: Table,
-    fk: ForeignKey,
-    dialect: str,
-    name: str | None = None,
-    ref_name: str | None = None,
-) -> str:
-    constraint = f"fk_{table.name}_{'_'.join(fk.columns)}"
-    return (
-        f"ALTER TABLE {name or table.name} ADD CONSTRAINT {constraint} "
-        f"FOREIGN KEY ({', '.join(fk.columns)}) "
-        f"REFERENCES {ref_name or fk.ref_table} ({', '.join(fk.ref_columns)})"
-    )

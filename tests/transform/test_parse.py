@@ -13,9 +13,7 @@ IDX = "0123456789abcdef"
 
 
 def ctx(kind: str = "skeleton", **kw: object) -> ChunkContext:
-    base = dict(
-        split="train", kind=kind, file_name="f.csv", first_line=1, byte_offset=0, at_file_end=True
-    )
+    base = dict(split="train", kind=kind, file_name="f.csv", first_line=1, byte_offset=0)
     base.update(kw)
     return ChunkContext(**base)  # type: ignore[arg-type]
 

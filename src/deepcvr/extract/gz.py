@@ -39,11 +39,6 @@ GZIP_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
-def gunzip_errors() -> tuple[type[BaseException], ...]:
-    """The exception types that mean corrupt or truncated gzip data, for either implementation."""
-    return GZIP_ERRORS
-
-
 def open_gzip(path: Path) -> BinaryIO:
     """Open `path` for reading its decompressed bytes; closing the stream closes the file."""
     global _warned

@@ -19,24 +19,15 @@ from deepcvr.fsutil import temp_sibling
 from deepcvr.load.parquet_input import ParquetInput
 from deepcvr.load.verify import KEYS_TABLE, run_checks
 from deepcvr.progress import progress
-from deepcvr.schema import MODEL, REJECTS, SQL_TYPES, Table, create_table_sql
+from deepcvr.schema import MODEL, REJECTS, Table, create_table_sql
 
 DIALECT = "duckdb"
 
 
 def _table_sql(table: Table, enforce: bool, enforced: set[str]) -> str:
     """CREATE TABLE, with PRIMARY/FOREIGN KEY inline when enforced (DuckDB cannot add FKs later)."""
-    types = SQL_TYPES[DIALECT]
-    cols = [f"{c.name} {types[c.type]}{'' if c.nullable else ' NOT NULL'}" for c in table.columns]
-    if enforce:
-        cols.append(f"PRIMARY KEY ({', '.join(table.primary_key)})")
-        for fk in table.foreign_keys:
-            if fk.ref_table in enforced:
-                cols.append(
-                    f"FOREIGN KEY ({', '.join(fk.columns)}) "
-                    f"REFERENCES {fk.ref_table} ({', '.join(fk.ref_columns)})"
-                )
-    return f"CREATE TABLE {table.name} ({', '.join(cols)})"
+    fks = tuple(fk for fk in table.foreign_keys if fk.ref_table in enforced) if enforce else ()
+    return create_table_sql(table, DIALECT, with_keys=enforce, foreign_keys=fks)
 
 
 def _check_target_path(path: Path) -> None:

@@ -23,7 +23,16 @@ from deepcvr.errors import DataError, DeepCVRError, TargetError
 from deepcvr.load.parquet_input import ParquetInput
 from deepcvr.load.verify import KEYS_COLUMNS, KEYS_TABLE, run_checks
 from deepcvr.progress import progress
-from deepcvr.schema import FEATURE, MODEL, REJECTS, ForeignKey, Table, create_table_sql
+from deepcvr.schema import (
+    FEATURE,
+    MODEL,
+    REJECTS,
+    ForeignKey,
+    Table,
+    create_table_sql,
+    foreign_key_clause,
+    primary_key_clause,
+)
 
 log = logging.getLogger("deepcvr")
 
@@ -112,10 +121,9 @@ class ServerTarget(ABC):
         self, name: str, table: Table, pk: bool, fks: list[tuple[ForeignKey, str, str]]
     ) -> None:
         """One ALTER TABLE per table, so the server rebuilds or scans it once."""
-        clauses = [f"ADD PRIMARY KEY ({', '.join(table.primary_key)})"] if pk else []
+        clauses = [f"ADD {primary_key_clause(table)}"] if pk else []
         clauses += [
-            f"ADD CONSTRAINT {constraint} FOREIGN KEY ({', '.join(fk.columns)}) "
-            f"REFERENCES {ref} ({', '.join(fk.ref_columns)})"
+            f"ADD CONSTRAINT {constraint} {foreign_key_clause(fk, ref)}"
             for fk, ref, constraint in fks
         ]
         if clauses:

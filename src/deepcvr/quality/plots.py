@@ -11,7 +11,6 @@ from collections.abc import Callable, Sequence
 from html import escape
 
 WIDTH = 640
-FONT = 11  # px; labels are sized from it
 
 
 def _num(x: float) -> str:

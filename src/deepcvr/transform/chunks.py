@@ -15,8 +15,10 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import polars as pl
+import pyarrow.parquet as pq
 
 from deepcvr.fsutil import atomic_file
+from deepcvr.schema import TABLES
 from deepcvr.transform.parse import ChunkContext, Kind, parse_chunk
 
 SCAN_BLOCK = 1 << 20  # how far to read past a chunk's nominal end to find a newline
@@ -151,6 +153,17 @@ def read_range(spec: ChunkSpec) -> bytes:
         return f.read(spec.length)
 
 
+def write_frame(frame: pl.DataFrame, table: str, path: Path, compression: str) -> None:
+    """Write a part; a table of the model gets exactly its schema from `deepcvr.schema` (the one
+    definition the loaders' DDL also comes from), side tables keep Polars' types."""
+    if table in TABLES:
+        schema = TABLES[table].arrow_schema()
+        data = frame.select(schema.names).to_arrow().cast(schema)
+        pq.write_table(data, path, compression=compression)
+    else:
+        frame.write_parquet(path, compression=compression, statistics=True)
+
+
 def part_path(out_split: Path, table: str, spec: ChunkSpec) -> Path:
     return out_split / table / f"part-{spec.name}.parquet"
 
@@ -184,7 +197,6 @@ def run_chunk(
         file_name=spec.source.name,
         first_line=spec.first_line,
         byte_offset=spec.start,
-        at_file_end=spec.at_file_end,
         common_indexes=common_indexes,
         reject_lines=verdicts.reject_lines,
         field_of=verdicts.field_of,
@@ -199,7 +211,7 @@ def run_chunk(
             continue
         target = part_path(out, SIDE_TABLES.get(table, table), spec)
         with atomic_file(target) as tmp:
-            frame.write_parquet(tmp, compression=compression, statistics=True)
+            write_frame(frame, table, tmp, compression)
         parts[str(target.relative_to(out))] = target.stat().st_size
     manifest = {"spec": asdict(spec), "stats": result.stats, "parts": parts}
     with atomic_file(manifest_path(out, spec)) as tmp:

@@ -32,7 +32,13 @@ from deepcvr.aliccp import (
 from deepcvr.errors import DataError
 from deepcvr.fsutil import atomic_file, remove_temp_leftovers
 from deepcvr.progress import progress
-from deepcvr.transform.chunks import ChunkSpec, RawSource, plan_chunks, read_manifest
+from deepcvr.transform.chunks import (
+    ChunkSpec,
+    RawSource,
+    plan_chunks,
+    read_manifest,
+    write_frame,
+)
 from deepcvr.transform.postpass import merge_features, redo_duplicates, resolve_feature_conflicts
 from deepcvr.transform.reasons import Kind
 from deepcvr.transform.registry import FeatureRegistry
@@ -244,7 +250,7 @@ def _write_field_table(out_dir: Path, options: TransformOptions) -> None:
         }
     )
     with atomic_file(out_dir / "field" / "part-00000.parquet") as tmp:
-        frame.write_parquet(tmp, compression=options.compression)
+        write_frame(frame, "field", tmp, options.compression)
 
 
 def _finish_split(
@@ -254,7 +260,7 @@ def _finish_split(
 
     features = registry.feature_table(state.split)
     with atomic_file(state.out / "feature" / "part-00000.parquet") as tmp:
-        features.write_parquet(tmp, compression=options.compression)
+        write_frame(features, "feature", tmp, options.compression)
     summary = account_split(state, options)
     with atomic_file(state.out / MANIFEST) as tmp:
         tmp.write_text(json.dumps(summary, indent=2, default=str))

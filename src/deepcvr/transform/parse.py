@@ -13,7 +13,7 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
-from deepcvr.aliccp import ITEM_SEP
+from deepcvr.aliccp import COMMON_COLUMNS, ITEM_SEP, SKELETON_COLUMNS
 from deepcvr.transform.reasons import *  # noqa: F403  (the reason codes are part of this API)
 from deepcvr.transform.reasons import (
     BAD_COMMON_INDEX,
@@ -147,14 +147,9 @@ def parse_chunk(data: bytes, ctx: ChunkContext) -> ChunkResult:
     lines = split_lines(data, ctx)
     text = pl.col("text")
     lines = lines.with_columns(structures=raw_structures(text).cast(pl.Int32))
-    ncols = 6 if ctx.kind == "skeleton" else 3
-    names = (
-        ["sample_id", "click", "conversion", "common_feature_index", "feature_num", "feature_list"]
-        if ctx.kind == "skeleton"
-        else ["common_feature_index", "feature_num", "feature_list"]
-    )
+    names = list(SKELETON_COLUMNS if ctx.kind == "skeleton" else COMMON_COLUMNS)
     cols = lines.with_columns(
-        text.str.splitn(",", ncols).struct.rename_fields(names).alias("cols")
+        text.str.splitn(",", len(names)).struct.rename_fields(names).alias("cols")
     ).unnest("cols")
     # A line without any separator still holds one structure when its feature list is one
     # token ("205": a malformed structure); raw_structures() alone counts it as 0.

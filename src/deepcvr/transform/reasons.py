@@ -72,7 +72,6 @@ class ChunkContext:
     file_name: str
     first_line: int  # 1-based number of the chunk's first line
     byte_offset: int  # offset of the chunk's first byte in the file
-    at_file_end: bool  # the chunk ends the file, so its last line may lack a newline
     common_indexes: pl.Series | None = None  # the split's group keys, for the orphan check
     reject_lines: dict[int, str] = field(default_factory=dict)  # line -> reason, from post-passes
     field_of: dict[int, str] = field(default_factory=dict)  # feature_id -> field, from post-passes
