@@ -6,6 +6,7 @@ and its manifest is written last, so a chunk with a manifest is complete (resume
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from collections.abc import Iterator
@@ -15,7 +16,6 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import polars as pl
-import pyarrow.parquet as pq
 
 from deepcvr.fsutil import atomic_file
 from deepcvr.schema import TABLES
@@ -157,11 +157,13 @@ def write_frame(frame: pl.DataFrame, table: str, path: Path, compression: str) -
     """Write a part; a table of the model gets exactly its schema from `deepcvr.schema` (the one
     definition the loaders' DDL also comes from), side tables keep Polars' types."""
     if table in TABLES:
-        schema = TABLES[table].arrow_schema()
-        data = frame.select(schema.names).to_arrow().cast(schema)
-        pq.write_table(data, path, compression=compression)
-    else:
-        frame.write_parquet(path, compression=compression, statistics=True)
+        frame = frame.select(TABLES[table].column_names).cast(_polars_schema(table))
+    frame.write_parquet(path, compression=compression, statistics=True)
+
+
+@functools.cache
+def _polars_schema(table: str) -> dict[str, pl.DataType]:
+    return dict(pl.from_arrow(TABLES[table].arrow_schema().empty_table()).schema)  # type: ignore[union-attr]
 
 
 def part_path(out_split: Path, table: str, spec: ChunkSpec) -> Path:
