@@ -12,7 +12,7 @@ import pytest
 from deepcvr.errors import DataError
 from deepcvr.synth import generate
 from deepcvr.transform import reasons as P
-from deepcvr.transform.chunks import RawSource, plan_chunks
+from deepcvr.transform.chunks import RawSource, _plan_stream, plan_chunks, read_range
 from deepcvr.transform.engine import TransformOptions, transform
 from tests.helpers import read_raw
 
@@ -74,15 +74,39 @@ def test_chunk_plan_covers_every_byte_and_line(raw: Path) -> None:
     path = raw / "sample_skeleton_train.csv"
     data = path.read_bytes()
     for chunk_bytes in (1, 7, 100, 4096, 10**9):
-        planned = list(plan_chunks(RawSource(str(path)), "train", "skeleton", chunk_bytes))
+        source = RawSource(str(path))
+        planned = list(plan_chunks(source, "train", "skeleton", chunk_bytes))
         specs = [spec for spec, _ in planned]
-        assert b"".join(chunk for _, chunk in planned) == data
+        # A file's chunks carry no bytes (workers read their range); a stream's carry them.
+        assert all(chunk is None for _, chunk in planned)
+        assert b"".join(read_range(spec) for spec in specs) == data
+        with source.open() as f:
+            streamed = list(_plan_stream(f, source, "train", "skeleton", chunk_bytes))
+        assert [spec for spec, _ in streamed] == specs
+        assert b"".join(chunk for _, chunk in streamed) == data
         assert specs[0].start == 0 and specs[0].first_line == 1
         for a, b in itertools.pairwise(specs):
             assert a.start + a.length == b.start
             assert data[b.start - 1 : b.start] == b"\n"  # boundaries fall after a newline
             assert b.first_line == a.first_line + data[a.start : b.start].count(b"\n")
         assert specs[-1].start + specs[-1].length == len(data) and specs[-1].at_file_end
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b"a\nbb\nccc", b"x" * 100 + b"\n" + b"y" * 50, b"\n\n", b"abc", b"q\n" + b"z" * 70],
+)
+def test_file_and_stream_plans_agree_on_odd_files(data: bytes, tmp_path: Path) -> None:
+    """No final newline, lines longer than a chunk, empty lines: both planners cut alike."""
+    path = tmp_path / "f.csv"
+    path.write_bytes(data)
+    source = RawSource(str(path))
+    for chunk_bytes in (1, 3, 64, 10**6):
+        specs = [spec for spec, _ in plan_chunks(source, "train", "common", chunk_bytes)]
+        with source.open() as f:
+            streamed = list(_plan_stream(f, source, "train", "common", chunk_bytes))
+        assert [spec for spec, _ in streamed] == specs, chunk_bytes
+        assert b"".join(read_range(spec) for spec in specs) == data
 
 
 def test_output_is_identical_whatever_workers_and_chunk_size(

@@ -87,13 +87,64 @@ class ChunkVerdicts:
 
 def plan_chunks(
     source: RawSource, split: str, kind: Kind, chunk_bytes: int
-) -> Iterator[tuple[ChunkSpec, bytes]]:
-    """Yield line-aligned chunks of about `chunk_bytes` with their bytes, reading sequentially.
+) -> Iterator[tuple[ChunkSpec, bytes | None]]:
+    """Yield line-aligned chunks of about `chunk_bytes`, in file order.
 
     A chunk ends after the last newline within its first `chunk_bytes` bytes (a longer line makes
     a longer chunk); the file's end closes the last one. Counting newlines on the way gives
-    every chunk the number of its first line.
+    every chunk the number of its first line. A file on disk yields no bytes (None): the worker
+    reads its own range, so chunks are not copied through the parent process. An archive member
+    can only be read as one stream, so its chunks come with their bytes.
     """
+    if source.member is None:
+        yield from _plan_file(source, split, kind, chunk_bytes)
+        return
+    with source.open() as f:
+        yield from _plan_stream(f, source, split, kind, chunk_bytes)
+
+
+def _plan_file(
+    source: RawSource, split: str, kind: Kind, chunk_bytes: int
+) -> Iterator[tuple[ChunkSpec, None]]:
+    size = os.path.getsize(source.path)
+    buf = bytearray(min(chunk_bytes, size))  # reused: no fresh pages per chunk
+    line, seq, pos = 1, 0, 0
+    with open(source.path, "rb", buffering=0) as f:
+        while pos < size:
+            n = f.readinto(memoryview(buf)[: min(chunk_bytes, size - pos)]) or 0
+            newlines = buf.count(b"\n", 0, n)
+            if pos + n >= size:
+                end = size
+                last_is_newline = n > 0 and buf[n - 1] == 10
+            else:
+                cut = buf.rfind(b"\n", 0, n)
+                if cut != -1:
+                    end = pos + cut + 1
+                    newlines -= buf.count(b"\n", cut + 1, n)
+                else:  # a line longer than a chunk: extend to its end
+                    end = pos + n
+                    while end < size:
+                        more = os.pread(f.fileno(), SCAN_BLOCK, end)
+                        cut = more.find(b"\n")
+                        if cut != -1:
+                            end += cut + 1
+                            newlines += 1
+                            break
+                        end += len(more)
+                last_is_newline = end < size or os.pread(f.fileno(), 1, end - 1) == b"\n"
+                f.seek(end)
+            yield (
+                ChunkSpec(split, kind, source.path, None, seq, pos, end - pos, line, end == size),
+                None,
+            )
+            line += newlines + (0 if last_is_newline else 1)
+            pos = end
+            seq += 1
+
+
+def _plan_stream(
+    f: BinaryIO, source: RawSource, split: str, kind: Kind, chunk_bytes: int
+) -> Iterator[tuple[ChunkSpec, bytes]]:
     line, seq, pos = 1, 0, 0
     buf = b""  # bytes read but not yet handed out start at buf[off]
     off = 0
@@ -106,39 +157,36 @@ def plan_chunks(
         buf = buf[off:] + more  # compact only when reading, so slicing chunks stays cheap
         off = 0
 
-    with source.open() as f:
-        while True:
-            while not eof and len(buf) - off < chunk_bytes:
-                fill(max(chunk_bytes - (len(buf) - off), SCAN_BLOCK))
-            if len(buf) == off:
-                return
-            if eof and len(buf) - off <= chunk_bytes:
-                end = len(buf)
-            else:
-                cut = buf.rfind(b"\n", off, off + chunk_bytes)
-                searched = off + chunk_bytes
-                while cut == -1:  # a line longer than a chunk: extend to its end
-                    cut = buf.find(b"\n", searched)
-                    if cut != -1 or eof:
-                        cut = len(buf) - 1 if cut == -1 else cut
-                        break
-                    searched = len(buf) - off  # fill() compacts: off becomes 0
-                    fill(SCAN_BLOCK)
-                end = cut + 1
-            data = buf[off:end]
-            off = end
-            if len(buf) == off and not eof:  # know whether this chunk ends the file
+    while True:
+        while not eof and len(buf) - off < chunk_bytes:
+            fill(max(chunk_bytes - (len(buf) - off), SCAN_BLOCK))
+        if len(buf) == off:
+            return
+        if eof and len(buf) - off <= chunk_bytes:
+            end = len(buf)
+        else:
+            cut = buf.rfind(b"\n", off, off + chunk_bytes)
+            searched = off + chunk_bytes
+            while cut == -1:  # a line longer than a chunk: extend to its end
+                cut = buf.find(b"\n", searched)
+                if cut != -1 or eof:
+                    cut = len(buf) - 1 if cut == -1 else cut
+                    break
+                searched = len(buf) - off  # fill() compacts: off becomes 0
                 fill(SCAN_BLOCK)
-            at_end = eof and len(buf) == off
-            yield (
-                ChunkSpec(
-                    split, kind, source.path, source.member, seq, pos, len(data), line, at_end
-                ),
-                data,
-            )
-            line += data.count(b"\n") + (0 if data.endswith(b"\n") else 1)
-            pos += len(data)
-            seq += 1
+            end = cut + 1
+        data = buf[off:end]
+        off = end
+        if len(buf) == off and not eof:  # know whether this chunk ends the file
+            fill(SCAN_BLOCK)
+        at_end = eof and len(buf) == off
+        yield (
+            ChunkSpec(split, kind, source.path, source.member, seq, pos, len(data), line, at_end),
+            data,
+        )
+        line += data.count(b"\n") + (0 if data.endswith(b"\n") else 1)
+        pos += len(data)
+        seq += 1
 
 
 def read_range(spec: ChunkSpec) -> bytes:
