@@ -6,6 +6,7 @@ import shutil
 from pathlib import Path
 
 import duckdb
+import polars as pl
 import pytest
 
 from deepcvr.errors import DataError, TargetError
@@ -134,3 +135,62 @@ def test_real_fixture_round_trip(tmp_path: Path) -> None:
     con = duckdb.connect(str(db), read_only=True)
     expected = {k: v for k, (_, v) in read_raw(REAL_COMMON, "common").items()}
     assert rebuild(con, "train", "common") == expected
+
+
+def _with_extra_rows(src: Path, dst: Path, table_dir: str, rows: pl.DataFrame) -> Path:
+    shutil.copytree(src, dst)
+    rows.write_parquet(dst / table_dir / "part-extra.parquet")
+    return dst
+
+
+@pytest.mark.parametrize("enforce_max", [10**9, 10])
+def test_duplicate_key_fails_the_load_enforced_or_not(
+    parquet: tuple[Path, Path], tmp_path: Path, enforce_max: int
+) -> None:
+    """Above the threshold the hash screen sees the duplicate and the exact query counts it."""
+    first = pl.read_parquet(parquet[1] / "train" / "sample" / "*.parquet").head(1)
+    broken = _with_extra_rows(parquet[1], tmp_path / "dup", "train/sample", first)
+    db = tmp_path / "d.duckdb"
+    load(parquet[1], f"duckdb:///{db}")
+    before = db.read_bytes()
+    expected = (
+        r"sample: primary key \(split, sample_id\) = \('train', \d+\) is in 2 rows"
+        if enforce_max > 10
+        else "sample: primary key .* 1 duplicate keys"
+    )
+    with pytest.raises(DataError, match=expected):
+        load(broken, f"duckdb:///{db}", enforce_keys_max_rows=enforce_max)
+    assert db.read_bytes() == before
+
+
+@pytest.mark.parametrize("enforce_max", [10**9, 10])
+def test_feature_in_two_fields_across_splits_is_named(
+    parquet: tuple[Path, Path], tmp_path: Path, enforce_max: int
+) -> None:
+    train = pl.read_parquet(parquet[1] / "train" / "feature" / "*.parquet").head(1)
+    moved = train.with_columns(
+        field_id=pl.when(pl.col("field_id") == "205").then(pl.lit("206")).otherwise(pl.lit("205"))
+    )
+    broken = _with_extra_rows(parquet[1], tmp_path / "clash", "test/feature", moved)
+    with pytest.raises(DataError, match="belong to two fields across splits"):
+        load(broken, f"duckdb:///{tmp_path / 'd.duckdb'}", enforce_keys_max_rows=enforce_max)
+
+
+def test_enforced_keys_are_trusted_and_the_rest_proved(
+    parquet: tuple[Path, Path], tmp_path: Path
+) -> None:
+    rows = {
+        t: i["rows"]
+        for t, i in load(parquet[1], f"duckdb:///{tmp_path / 'a.duckdb'}")["tables"].items()
+    }
+    small = max(rows["sample"], rows["common_feature_group"])
+    assert small < min(rows["sample_feature"], rows["common_feature"], rows["feature"])
+    summary = load(parquet[1], f"duckdb:///{tmp_path / 'd.duckdb'}", enforce_keys_max_rows=small)
+    details = {c["name"]: c["detail"] for c in summary["checks"]}
+    assert details["sample: primary key (split, sample_id)"].startswith("enforced by")
+    fk = "sample: foreign key (split, common_feature_index) -> common_feature_group"
+    assert details[fk].startswith("enforced by")
+    assert details["feature: primary key (feature_id)"] == "0 duplicate keys"
+    assert summary["tables"]["sample_feature"]["keys"] == "verified by queries"
+    fk = "sample_feature: foreign key (split, sample_id) -> sample"
+    assert details[fk] == "0 rows without a parent"
