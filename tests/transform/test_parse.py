@@ -7,6 +7,7 @@ import pytest
 
 from deepcvr.transform import reasons as P
 from deepcvr.transform.parse import ChunkContext, parse_chunk
+from deepcvr.transform.structures import FIELD_IDS
 from tests.helpers import REAL_COMMON, raw_structures
 
 IDX = "0123456789abcdef"
@@ -43,7 +44,7 @@ def test_real_common_lines_parse_exactly() -> None:
     fields = dict(
         zip(
             result.tables["features"]["feature_id"],
-            result.tables["features"]["field_id"],
+            [FIELD_IDS[code] for code in result.tables["features"]["field_code"]],
             strict=True,
         )
     )
@@ -134,7 +135,12 @@ def test_flags_crlf_duplicates_orphans_conflicts_and_line_numbers() -> None:
         ]
     )
     result = parse_chunk(
-        data, ctx(first_line=101, byte_offset=5000, common_indexes=pl.Series([IDX]))
+        data,
+        ctx(
+            first_line=101,
+            byte_offset=5000,
+            common_indexes=P.sorted_index_numbers(pl.Series([IDX])),
+        ),
     )
     rejects = result.tables["rejects"].sort("line")
     assert rejects.select("line", "reason", "action").rows() == [
@@ -158,3 +164,12 @@ def test_post_pass_verdicts_are_applied() -> None:
         (1, P.DUPLICATE_SAMPLE_ID),
         (2, P.FEATURE_FIELD_CONFLICT),
     ]
+
+
+def test_orphan_lookup_covers_the_whole_64_bit_range() -> None:
+    known = P.sorted_index_numbers(
+        pl.Series(["ffffffffffffffff", "0000000000000000", "8000000000000000", "bad"])
+    )
+    asked = pl.Series(["ffffffffffffffff", "fffffffffffffffe", "0000000000000000", "zz", None])
+    assert P.has_index(known, asked).to_list() == [True, False, True, False, False]
+    assert P.has_index(known[:0], asked).to_list() == [False] * 5

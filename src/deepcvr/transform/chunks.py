@@ -15,11 +15,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
+import numpy as np
 import polars as pl
 
 from deepcvr.fsutil import atomic_file
 from deepcvr.schema import TABLES
 from deepcvr.transform.parse import ChunkContext, Kind, parse_chunk
+from deepcvr.transform.reasons import sorted_index_numbers
 
 SCAN_BLOCK = 1 << 20  # how far to read past a chunk's nominal end to find a newline
 
@@ -239,7 +241,8 @@ def run_chunk(
         data = read_range(spec)
     common_indexes = None
     if common_index_file is not None:
-        common_indexes = pl.read_parquet(common_index_file).get_column("key")
+        st = os.stat(common_index_file)
+        common_indexes = _common_indexes(common_index_file, st.st_mtime_ns, st.st_size)
     verdicts = verdicts or ChunkVerdicts()
     ctx = ChunkContext(
         split=spec.split,
@@ -267,6 +270,12 @@ def run_chunk(
     with atomic_file(manifest_path(out, spec)) as tmp:
         tmp.write_text(json.dumps(manifest))
     return result.stats
+
+
+@functools.lru_cache(maxsize=2)
+def _common_indexes(path: str, mtime_ns: int, size: int) -> np.ndarray:
+    """A split's group keys, read once per worker (it parses many chunks of the split)."""
+    return sorted_index_numbers(pl.read_parquet(path).get_column("key"))
 
 
 def read_manifest(out_split: Path, spec: ChunkSpec) -> dict[str, Any] | None:

@@ -37,6 +37,7 @@ from deepcvr.transform.reasons import (
     TRUNCATED_LAST_LINE,
     WRONG_COLUMN_COUNT,
     ChunkContext,
+    has_index,
 )
 from deepcvr.transform.structures import parse_structures
 
@@ -172,7 +173,7 @@ def parse_chunk(data: bytes, ctx: ChunkContext) -> ChunkResult:
     # Orphans before duplicates: an orphan line holds no key, in this chunk as across chunks
     # (the cross-chunk key index lists accepted lines only), so chunking cannot change the result.
     if ctx.kind == "skeleton" and ctx.common_indexes is not None:
-        orphan = ~pl.col("common_feature_index").is_in(ctx.common_indexes.implode())
+        orphan = ~has_index(ctx.common_indexes, cols.get_column("common_feature_index"))
         cols = cols.with_columns(
             reason=pl.when(pl.col("reason").is_null() & orphan)
             .then(pl.lit(ORPHAN_COMMON_INDEX))

@@ -24,9 +24,8 @@ log = logging.getLogger("deepcvr")
 def merge_features(state: SplitState, spec: ChunkSpec, registry: FeatureRegistry) -> None:
     pairs = pl.read_parquet(part_path(state.out, "_features", spec))
     losers = registry.merge(state.split, pairs)
-    if not losers.is_empty():
-        verdicts = state.verdicts.setdefault(spec.name, ChunkVerdicts())
-        verdicts.field_of.update(zip(losers["feature_id"], losers["winner"], strict=True))
+    if losers:
+        state.verdicts.setdefault(spec.name, ChunkVerdicts()).field_of.update(losers)
 
 
 def redo_duplicates(

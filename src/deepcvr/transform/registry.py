@@ -45,7 +45,10 @@ class FeatureRegistry:
 
     @staticmethod
     def _arrays(pairs: pl.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+        """Feature ids and field codes of chunk pairs (codes) or a feature table (names)."""
         ids = pairs.get_column("feature_id").to_numpy().astype(np.int64)
+        if "field_code" in pairs.columns:
+            return ids, pairs.get_column("field_code").to_numpy().astype(np.int8)
         codes = (
             pairs.get_column("field_id")
             .replace_strict(FIELD_ORDER, list(range(len(FIELD_ORDER))), return_dtype=pl.Int8)
@@ -53,12 +56,12 @@ class FeatureRegistry:
         )
         return ids, codes
 
-    def merge(self, split: str, pairs: pl.DataFrame) -> pl.DataFrame:
-        """Add a chunk's distinct (feature_id, field_id) pairs, in file order.
+    def merge(self, split: str, pairs: pl.DataFrame) -> dict[int, str]:
+        """Add a chunk's distinct (feature_id, field_code) pairs, in file order.
 
-        Returns the pairs that lose to an earlier field, with the winning field."""
+        Returns the feature ids that lose to an earlier field, with the winning field."""
         if pairs.is_empty():
-            return pairs.with_columns(winner=pl.lit(None, dtype=pl.String))
+            return {}
         ids, codes = self._arrays(pairs)
         self._grow(int(ids.max()))
         current = self.code[ids]
@@ -66,15 +69,8 @@ class FeatureRegistry:
         self.code[ids[fresh]] = codes[fresh]
         self._split_refs(split)[ids] += 1
         winners = self.code[ids]
-        lost = winners != codes
-        return pl.DataFrame(
-            {
-                "feature_id": ids[lost].astype(np.int32),
-                "field_id": pairs.get_column("field_id").filter(pl.Series(lost)),
-                "winner": [FIELD_ORDER[c] for c in winners[lost]],
-            },
-            schema={"feature_id": pl.Int32, "field_id": pl.String, "winner": pl.String},
-        )
+        lost = np.flatnonzero(winners != codes)
+        return {int(ids[i]): FIELD_ORDER[winners[i]] for i in lost}  # rare: conflicts only
 
     def forget(self, split: str, pairs: pl.DataFrame) -> None:
         """Undo a chunk's references before it is parsed again (its winners stay decided)."""
@@ -96,11 +92,12 @@ class FeatureRegistry:
         """Every feature id the split's loaded structures reference, with its field."""
         refs = self._split_refs(split)
         ids = np.flatnonzero(refs[: len(self.code)] > 0)
-        codes = self.code[ids]
+        codes = pl.Series(self.code[ids])
         return pl.DataFrame(
             {
                 "feature_id": ids.astype(np.int32),
-                "field_id": np.array(FIELD_ORDER, dtype=object)[codes].tolist(),
-            },
-            schema={"feature_id": pl.Int32, "field_id": pl.String},
+                "field_id": codes.replace_strict(
+                    list(range(len(FIELD_ORDER))), FIELD_ORDER, return_dtype=pl.String
+                ),
+            }
         )

@@ -167,7 +167,8 @@ def _explode(lines: pl.DataFrame) -> pl.DataFrame:
 
 
 def feature_pairs(structures: pl.DataFrame) -> pl.DataFrame:
-    """Distinct (feature_id, field_id) of valid structures, via one packed-integer unique."""
+    """Distinct (feature_id, field_code) of valid structures, sorted, via one packed-integer
+    unique; the code is the field's index in FIELDS (the registry works on codes, not names)."""
     packed = (
         structures.select(
             (pl.col("feature_id").cast(pl.Int64) * 32 + pl.col("field_code")).alias("k")
@@ -177,8 +178,8 @@ def feature_pairs(structures: pl.DataFrame) -> pl.DataFrame:
         .sort()
     )
     return pl.DataFrame(
-        {"feature_id": (packed // 32).cast(pl.Int32), "code": (packed % 32).cast(pl.UInt8)}
-    ).select("feature_id", field_id=_field_name(pl.col("code")))
+        {"feature_id": (packed // 32).cast(pl.Int32), "field_code": (packed % 32).cast(pl.UInt8)}
+    )
 
 
 def _field_name(code: pl.Expr) -> pl.Expr:
@@ -193,7 +194,7 @@ def _conflicts(pairs: pl.DataFrame, ctx: ChunkContext) -> tuple[pl.DataFrame, pl
     conflicted = pairs.filter(repeated | repeated.shift(-1).fill_null(False))
     decided = _decided(ctx)
     overruled = (
-        pairs.join(decided, on="feature_id").filter(c("field_id") != _field_name(c("winner_code")))
+        pairs.join(decided, on="feature_id").filter(c("field_code") != c("winner_code"))
         if ctx.field_of
         else decided
     )
