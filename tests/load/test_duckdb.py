@@ -194,3 +194,22 @@ def test_enforced_keys_are_trusted_and_the_rest_proved(
     assert summary["tables"]["sample_feature"]["keys"] == "verified by queries"
     fk = "sample_feature: foreign key (split, sample_id) -> sample"
     assert details[fk] == "0 rows without a parent"
+
+
+@pytest.mark.parametrize("where", ["first", "middle", "last"])
+def test_hash_screen_in_ranges_finds_a_duplicate_anywhere(where: str) -> None:
+    from deepcvr.load.duckdb_target import _unique_by_hashes
+    from deepcvr.schema import TABLES
+
+    con = duckdb.connect()
+    con.execute(
+        "CREATE TABLE sf AS SELECT CASE WHEN i % 2 = 0 THEN 'train' ELSE 'test' END AS split, "
+        "i // 10 AS sample_id, (i % 10)::SMALLINT AS position, 1 AS feature_id, 1.0 AS value "
+        "FROM range(5000) t(i)"
+    )
+    table = TABLES["sample_feature"]
+    assert _unique_by_hashes(con, table, "sf", max_rows=300)  # 17 ranges, all unique
+    sample_id = {"first": 0, "middle": 250, "last": 499}[where]
+    con.execute(f"INSERT INTO sf SELECT * FROM sf WHERE sample_id = {sample_id} LIMIT 1")
+    assert not _unique_by_hashes(con, table, "sf", max_rows=300)
+    assert not _unique_by_hashes(con, table, "sf")  # one range

@@ -7,6 +7,7 @@ at any point leaves the previous database untouched and queryable.
 
 from __future__ import annotations
 
+import itertools
 import os
 import time
 from pathlib import Path
@@ -189,7 +190,7 @@ def _build(
         enforced,
         trust_enforced_keys=True,
         trust_enforced_foreign_keys=True,
-        duplicate_screen=_duplicate_screen,
+        proves_unique=lambda table, name: _unique_by_hashes(con, table, name),
     )
     failed = [c for c in checks if not c["ok"]]
     if failed:
@@ -254,7 +255,40 @@ def _check_feature_conflicts(con: duckdb.DuckDBPyConnection) -> None:
         )
 
 
-def _duplicate_screen(name: str, key: str) -> str:
-    """Rows minus distinct key hashes: 0 proves the key unique (equal keys hash alike), at a
-    fraction of a GROUP BY on the key's columns; anything else sends the check to the GROUP BY."""
-    return f"SELECT count(*) - count(DISTINCT hash({key})) FROM {name}"
+SCREEN_ROWS = 50_000_000  # rows hashed per screening query: bounds its memory at full scale
+
+
+def _unique_by_hashes(
+    con: duckdb.DuckDBPyConnection, table: Table, name: str, max_rows: int = SCREEN_ROWS
+) -> bool:
+    """True if rows minus distinct key hashes is 0 (equal keys hash alike), which costs a
+    fraction of a GROUP BY on the key's columns; False means "cannot tell": the exact query runs.
+
+    A table above `max_rows` is screened in ranges of the key's leading column (boundaries from a
+    sample), so no single query holds a billion hashes; Ali-CCP's files are sorted by that
+    column, so each range reads only its own row groups."""
+    key = ", ".join(table.primary_key)
+    rows = _count(con, f"SELECT 1 FROM {name}")
+    parts = -(-rows // max_rows)
+    lead = next((c for c in table.primary_key if c != "split"), table.primary_key[0])
+    bounds: list[Any] = []
+    if parts > 1:
+        picks = con.execute(
+            f"SELECT {lead} FROM {name} USING SAMPLE {min(rows, parts * 100)} ROWS ORDER BY {lead}"
+        ).fetchall()
+        bounds = sorted({picks[i * len(picks) // parts][0] for i in range(1, parts)})
+    edges: list[Any] = [None, *bounds, None]
+    for lo, hi in itertools.pairwise(edges):
+        conds, params = [], []
+        if lo is not None:
+            conds.append(f"{lead} >= ?")
+            params.append(lo)
+        if hi is not None:
+            conds.append(f"{lead} < ?")
+            params.append(hi)
+        sql = f"SELECT count(*) - count(DISTINCT hash({key})) FROM {name}"
+        if conds:
+            sql += " WHERE " + " AND ".join(conds)
+        if con.execute(sql, params).fetchone()[0]:  # type: ignore[index]
+            return False
+    return True

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from deepcvr.schema import MODEL, REJECTS
+from deepcvr.schema import MODEL, REJECTS, Table
 
 KEYS_TABLE = "deepcvr_keys"
 KEYS_COLUMNS = (
@@ -32,7 +32,7 @@ def run_checks(
     names: Mapping[str, str] | None = None,
     trust_enforced_keys: bool = False,
     trust_enforced_foreign_keys: bool = False,
-    duplicate_screen: Callable[[str, str], str] | None = None,
+    proves_unique: Callable[[Table, str], bool] | None = None,
 ) -> tuple[list[dict[str, Any]], list[tuple[Any, ...]]]:
     """Run every check; return (check results, rows for the keys catalogue table).
 
@@ -40,8 +40,9 @@ def run_checks(
     With `trust_enforced_keys`, an enforced primary key is not re-proved by a GROUP BY query:
     the server's unique index already guarantees it, and the query costs a full sort. Likewise
     `trust_enforced_foreign_keys`, for a target that checked every row against its parent (not
-    one that added the constraint with its checks switched off). `duplicate_screen(table, key)`
-    gives a cheaper query that returns 0 only if the key is unique.
+    one that added the constraint with its checks switched off). `proves_unique(table, name)` is a
+    cheaper test that returns True only if the key is unique; when it cannot tell, the exact
+    GROUP BY query counts the duplicates.
     """
     names = names or {}
     checks: list[dict[str, Any]] = []
@@ -52,7 +53,7 @@ def run_checks(
         pk = ", ".join(table.primary_key)
         if trust_enforced_keys and table.name in enforced:
             dups, detail = 0, "enforced by the PRIMARY KEY constraint"
-        elif duplicate_screen and query(duplicate_screen(name, pk))[0][0] == 0:
+        elif proves_unique and proves_unique(table, name):
             dups, detail = 0, "0 duplicate keys"
         else:
             dups = query(
