@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 import typer
@@ -163,3 +165,17 @@ def test_stage_command_that_is_up_to_date_exits_zero(tmp_path) -> None:  # type:
     again = CliRunner().invoke(app, args)
     assert again.exit_code == 0, again.output
     assert "up to date" in again.output
+
+
+def test_output_cut_short_by_the_reader_is_not_an_internal_error():
+    """`deepcvr transform --help | head -3`: the closed pipe is not reported as a crash."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "deepcvr", "transform", "--help"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # before the child has even imported: its first write hits a closed pipe
+    err = proc.stderr.read().decode()
+    assert proc.wait() != 0
+    assert "internal error" not in err and "Traceback" not in err

@@ -49,6 +49,11 @@ class ErrorHandlingGroup(TyperGroup):
             fail(one_line(e), ConfigError.exit_code)
         except KeyboardInterrupt:
             fail("interrupted", 130)
+        except BrokenPipeError:
+            # The reader went away (`deepcvr ... | head`): nothing to report. Point stdout at
+            # /dev/null so the interpreter's final flush does not fail a second time.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            raise typer.Exit(1) from None
         except Exception as e:
             if _state["verbose"]:
                 traceback.print_exc()
