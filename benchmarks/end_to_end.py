@@ -11,7 +11,9 @@ The limit reference is what any tool must at least do: gunzip the archives (isal
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
+import sqlite3
 import sys
 import tempfile
 from pathlib import Path
@@ -56,6 +58,24 @@ def make_archives(data_dir: Path, samples: int) -> tuple[Path, int, int]:
     return src, raw_bytes, structures
 
 
+def task_seconds(ws: Path) -> str:
+    """Where the time went, per task, from the run's metadata store."""
+    with sqlite3.connect(ws / ".deepcvr" / "metadata.sqlite") as con:
+        rows = con.execute(
+            "SELECT task, duration_s, result_json FROM task_runs ORDER BY started_at"
+        ).fetchall()
+    parts = []
+    for task, seconds, result in rows:
+        part = f"{task} {seconds:.1f} s"
+        tables = json.loads(result or "{}").get("tables")
+        if task == "load" and tables:
+            inserts = sum(t["seconds"] for t in tables.values())
+            rest = seconds - inserts
+            part += f" (tables and keys {inserts:.1f} s, checks and checkpoint {rest:.1f} s)"
+        parts.append(part)
+    return ", ".join(parts)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--samples", type=int, default=1_000_000, help="impressions, both splits")
@@ -74,6 +94,7 @@ def main() -> None:
     )
     work = Path(tempfile.mkdtemp(prefix="deepcvr-e2e-"))
     rows: list[Measurement] = []
+    breakdowns: list[str] = []
     try:
         for name, tasks in (
             ("deepcvr end to end (staged)", STAGED),
@@ -91,6 +112,7 @@ def main() -> None:
                     name, [python(), "-m", "deepcvr", "-q", "run", str(yaml)], raw_bytes, structures
                 )
             )
+            breakdowns.append(f"{name}: {task_seconds(ws)}")
         gunzip = (
             "import isal.igzip as g, sys\nfor a in sys.argv[1:]:\n"
             "    with g.open(a) as f:\n        while f.read(1 << 24): pass\n"
@@ -123,6 +145,8 @@ def main() -> None:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     report(rows, limit)
+    for line in breakdowns:
+        print(line)
     for m in rows[:2]:
         print(f"{m.name}: {m.seconds / limit.seconds:.2f}x the time of the limit reference")
     if args.full_estimate:
