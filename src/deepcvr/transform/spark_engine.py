@@ -117,7 +117,7 @@ class Kind:
     facts: Any  # spark_sql.FileLines
     base: DataFrame  # every line, line-level reason (persisted)
     lines: DataFrame  # every line, final reason (duplicate / orphan joined in)
-    stats: DataFrame | None = None  # structure counts per (feature, field) / reason (persisted)
+    structs: DataFrame | None = None  # parsed structures of accepted lines (persisted)
     counts: dict[str, int] = field(default_factory=dict)
     reasons: dict[tuple[str, str], list[int]] = field(default_factory=dict)  # -> [rows, structs]
 
@@ -179,19 +179,16 @@ def _count_lines(job: Job, k: Kind) -> None:
     k.counts = counts
 
 
-def _count_structures(job: Job, k: Kind, lost: DataFrame, any_lost: bool) -> None:
-    """Structure counters of a file from its (small) per-feature stats."""
-    from pyspark.sql import functions as F
-
+def _count_structures(job: Job, k: Kind, lost: DataFrame | None) -> None:
+    """Structure counters of a file: one tiny aggregate over its cached structures."""
     from deepcvr.transform import reasons as P
     from deepcvr.transform import spark_structures as T
 
-    assert k.stats is not None
+    assert k.structs is not None
     job.phase(f"count structures of {k.file}")
     valid = 0
     rejected = 0
-    group = F.when(F.col("k") < 0, -F.col("k")).otherwise(0).alias("rcode")
-    for r in k.stats.groupBy(group).agg(F.sum("n").alias("n")).collect():
+    for r in T.reason_counts(k.structs).collect():
         if r["rcode"] == 0:
             valid = int(r["n"])
         else:
@@ -199,8 +196,8 @@ def _count_structures(job: Job, k: Kind, lost: DataFrame, any_lost: bool) -> Non
             reason = T.STRUCTURE_REASONS[int(r["rcode"]) - 1]
             k.add(reason, P.REJECTED, int(r["n"]), int(r["n"]))
     conflicts = 0
-    if any_lost:
-        conflicts = int(T.lost_structures(k.stats, lost).collect()[0]["n"] or 0)
+    if lost is not None:
+        conflicts = int(T.lost_structures(k.structs, lost).collect()[0]["n"] or 0)
         if conflicts:
             k.add(P.FEATURE_FIELD_CONFLICT, P.REJECTED, conflicts, conflicts)
     k.counts["loaded_structures"] = valid - conflicts
@@ -208,7 +205,7 @@ def _count_structures(job: Job, k: Kind, lost: DataFrame, any_lost: bool) -> Non
 
 
 def _write_tables(
-    job: Job, split: str, tmp: str, kinds: list[Kind], decided: DataFrame, lost: DataFrame
+    job: Job, split: str, tmp: str, kinds: list[Kind], decided: DataFrame, lost: DataFrame | None
 ) -> None:
     from pyspark.sql import functions as F
 
@@ -223,10 +220,9 @@ def _write_tables(
             accepted.select(*(F.col(a).alias(b) for a, b in ROW_COLUMNS[k.kind])),
             f"{tmp}/{ROW_TABLE[k.kind]}",
         )
-        # Second pass over the structures (the first one only counted): cheaper than caching.
-        final = T.mark_conflicts(T.structures(k.lines, k.kind), lost)
+        assert k.structs is not None
         job.write(
-            final.filter(F.col("reason").isNull()).select(
+            T.loaded_structures(k.structs, lost).select(
                 F.lit(split).alias("split"),
                 F.col("key").alias(KEY_NAME[k.kind]),
                 "position",
@@ -242,6 +238,7 @@ def _write_tables(
         part = S.line_rejects(k.lines)
         if c["structure_rejects"]:
             few = c["structure_rejects"] <= BROADCAST_ROWS
+            final = T.mark_conflicts(k.structs, lost)
             part = part.unionByName(T.structure_rejects(final, k.base, few))
         part = S.with_reject_columns(job.small(part, n), S.byte_offsets(k.base), split, k.file)
         rejects = part if rejects is None else rejects.unionByName(part)
@@ -273,15 +270,17 @@ def transform_split(
         kinds = [common, skeleton]
         for k in kinds:
             _count_lines(job, k)
-            job.phase(f"structures of {k.file}")
-            k.stats = job.keep(T.structure_stats(T.structures(k.lines, k.kind), k.kind))
+            # Parsed once and cached: the decisions, the counters, the feature table and the
+            # rejects all read it (each parse pass costs more than building the cache).
+            k.structs = job.keep(T.structures(k.lines, k.kind))
         job.phase(f"feature fields of {split}")
-        decided = job.keep(T.decide_fields([k.stats for k in kinds if k.stats], prior))
-        lost = job.keep(T.conflicts(decided))
+        parsed = [(k.kind, k.structs) for k in kinds if k.structs is not None]
+        decided = job.keep(T.decide_fields(parsed, prior))
+        lost: DataFrame | None = job.keep(T.conflicts(decided))
         n_lost = lost.count()
-        lost = job.small(lost, n_lost)
+        lost = job.small(lost, n_lost) if n_lost else None
         for k in kinds:
-            _count_structures(job, k, lost, n_lost > 0)
+            _count_structures(job, k, lost)
         _write_tables(job, split, tmp, kinds, decided, lost)
         job.phase(f"account {split}")
         summary, problems = _account(job, split, tmp, kinds)

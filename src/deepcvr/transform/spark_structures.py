@@ -120,44 +120,23 @@ def _first(kind: str) -> Column:
     )
 
 
-def structure_stats(structs: DataFrame, kind: str) -> DataFrame:
-    """Structures counted per (feature_id, field) when valid and per reason when rejected,
-    keyed by one long (feature_id * 32 + code, or -reason code) so the hash aggregation stays
-    on primitives. Small, and enough for the field decisions and every structure counter,
-    so the exploded structures need not be cached."""
-    c = F.col
-    key = F.when(c("rcode") == 0, c("feature_id").cast("long") * 32 + c("code")).otherwise(
-        -c("rcode").cast("long")
-    )
-    return structs.groupBy(key.alias("k")).agg(
-        F.count(F.lit(1)).alias("n"), F.min(F.when(c("rcode") == 0, _first(kind))).alias("first")
-    )
-
-
-def valid_pairs(stats: DataFrame) -> DataFrame:
-    """(feature_id, code, n, first) of the valid structures in a stats frame."""
-    k = F.col("k")
-    return stats.filter(k >= 0).select(
-        F.expr("cast(k div 32 as int)").alias("feature_id"),
-        (k % 32).cast("tinyint").alias("code"),
-        "n",
-        "first",
-    )
-
-
 def _bit(code: str) -> Column:
     """The one-bit mask of a field code (23 fields fit an int)."""
     return F.expr(f"shiftleft(1, cast({code} as int))")
 
 
-def decide_fields(stats: list[DataFrame], prior: DataFrame | None) -> DataFrame:
+def decide_fields(structs: list[tuple[str, DataFrame]], prior: DataFrame | None) -> DataFrame:
     """Per feature id of the split: a bit mask of the fields its valid structures claim and
     the winning field code (a finished split's decision, else the first structure's field).
 
-    `prior` is (feature_id, code)."""
+    One aggregation keyed by feature_id over the (cached) structures of every file, so the
+    ~1 row per 2 structures of a per-(feature, field) pre-aggregate is never built.
+    `structs` is (kind, structures) per file; `prior` is (feature_id, code)."""
     valid = None
-    for df in stats:
-        part = valid_pairs(df).select("feature_id", "code", "first")
+    for kind, df in structs:
+        part = df.filter(F.col("rcode") == 0).select(
+            "feature_id", "code", _first(kind).alias("first")
+        )
         valid = part if valid is None else valid.unionByName(part)
     assert valid is not None
     agg = valid.groupBy("feature_id").agg(
@@ -170,13 +149,18 @@ def decide_fields(stats: list[DataFrame], prior: DataFrame | None) -> DataFrame:
     return agg.select("feature_id", "mask", winner.alias("winner"))
 
 
-def lost_structures(stats: DataFrame, lost: DataFrame) -> DataFrame:
+def reason_counts(structs: DataFrame) -> DataFrame:
+    """Structures per reason code (0 = valid): a handful of rows."""
+    return structs.groupBy("rcode").agg(F.count(F.lit(1)).alias("n"))
+
+
+def lost_structures(structs: DataFrame, lost: DataFrame) -> DataFrame:
     """How many valid structures of a file lose their feature id to another field."""
     return (
-        valid_pairs(stats)
+        structs.filter(F.col("rcode") == 0)
         .join(lost, "feature_id")
         .filter(F.col("code") != F.col("winner"))
-        .agg(F.sum("n").alias("n"))
+        .agg(F.count(F.lit(1)).alias("n"))
     )
 
 
@@ -211,9 +195,24 @@ def merge_prior(parts: list[DataFrame]) -> DataFrame | None:
     return union.groupBy("feature_id").agg(F.min_by("code", "rank").alias("code"))
 
 
-def mark_conflicts(structs: DataFrame, lost: DataFrame) -> DataFrame:
+def _with_winner(structs: DataFrame, lost: DataFrame | None) -> DataFrame:
+    """The winner of each structure's feature id where another field claims it too (null
+    when nothing was lost: then no join at all)."""
+    if lost is None:
+        return structs.withColumn("winner", F.lit(None).cast("tinyint"))
+    return structs.join(lost, "feature_id", "left")
+
+
+def loaded_structures(structs: DataFrame, lost: DataFrame | None) -> DataFrame:
+    """Valid structures whose feature id no other field won: the rows of the feature table."""
+    c = F.col
+    df = _with_winner(structs, lost)
+    return df.filter((c("rcode") == 0) & (c("winner").isNull() | (c("code") == c("winner"))))
+
+
+def mark_conflicts(structs: DataFrame, lost: DataFrame | None) -> DataFrame:
     """Final reason of each structure: valid ones whose feature id another field won lose."""
-    df = structs.join(lost, "feature_id", "left")
+    df = _with_winner(structs, lost)
     c = F.col
     conflict = (c("rcode") == 0) & c("winner").isNotNull() & (c("code") != c("winner"))
     winner = field_name(c("winner"))
