@@ -94,7 +94,7 @@ def test_chunk_plan_covers_every_byte_and_line(raw: Path) -> None:
 
 @pytest.mark.parametrize(
     "data",
-    [b"a\nbb\nccc", b"x" * 100 + b"\n" + b"y" * 50, b"\n\n", b"abc", b"q\n" + b"z" * 70],
+    [b"", b"a\nbb\nccc", b"x" * 100 + b"\n" + b"y" * 50, b"\n\n", b"abc", b"q\n" + b"z" * 70],
 )
 def test_file_and_stream_plans_agree_on_odd_files(data: bytes, tmp_path: Path) -> None:
     """No final newline, lines longer than a chunk, empty lines: both planners cut alike."""
