@@ -24,6 +24,9 @@ from deepcvr.transform.parse import ChunkContext, Kind, parse_chunk
 from deepcvr.transform.reasons import sorted_index_numbers
 
 SCAN_BLOCK = 1 << 20  # how far to read past a chunk's nominal end to find a newline
+# DuckDB's own row-group size: each Parquet row group fills one storage row group when loaded
+# (left to itself, Polars writes uneven groups, down to a single row).
+ROW_GROUP_ROWS = 122_880
 
 
 @dataclass(frozen=True)
@@ -208,7 +211,9 @@ def write_frame(frame: pl.DataFrame, table: str, path: Path, compression: str) -
     definition the loaders' DDL also comes from), side tables keep Polars' types."""
     if table in TABLES:
         frame = frame.select(TABLES[table].column_names).cast(_polars_schema(table))
-    frame.write_parquet(path, compression=compression, statistics=True)
+    frame.write_parquet(
+        path, compression=compression, statistics=True, row_group_size=ROW_GROUP_ROWS
+    )
 
 
 @functools.cache

@@ -3,8 +3,8 @@
 Two paths give the same rows. The fast one turns a chunk's clean feature lists into CSV (one
 structure per line) for Polars' typed CSV reader, which parses ids and values straight from the
 bytes; it is taken only when the separators prove every structure well formed and the reader
-finds nothing to reject. Anything else (rare in real data) takes the exact path: one Polars pass that
-explodes the lists and says what is wrong with each structure.
+finds nothing to reject. Anything else (rare in real data) takes the exact path: one Polars
+pass that explodes the lists and says what is wrong with each structure.
 Feature ids seen under two fields are resolved here for the chunk: the first occurrence wins,
 unless a cross-chunk verdict says otherwise.
 """
