@@ -128,6 +128,8 @@ class Kind:
 
 
 def _read_kind(job: Job, uri: str, kind: str, name: str, keys: DataFrame | None) -> Kind:
+    from pyspark.sql import functions as F
+
     from deepcvr.transform import spark_sql as S
 
     job.phase(f"number lines of {name}")
@@ -135,7 +137,9 @@ def _read_kind(job: Job, uri: str, kind: str, name: str, keys: DataFrame | None)
     job.phase(f"parse lines of {name}")
     base = job.keep(S.with_orphans(S.parse_lines(numbered, kind, facts), keys))
     dups = job.keep(S.duplicate_lines(base, kind))
-    lines = S.final_lines(base, kind, job.small(dups, dups.count()))
+    # Duplicates are at most the lines: count them (a job) only when that could be too many.
+    few = facts.lines <= BROADCAST_ROWS or dups.count() <= BROADCAST_ROWS
+    lines = S.final_lines(base, kind, F.broadcast(dups) if few else dups)
     return Kind(kind, name, facts, base, lines)
 
 
@@ -179,29 +183,30 @@ def _count_lines(job: Job, k: Kind) -> None:
     k.counts = counts
 
 
-def _count_structures(job: Job, k: Kind, lost: DataFrame | None) -> None:
-    """Structure counters of a file: one tiny aggregate over its cached structures."""
+def _count_structures(job: Job, kinds: list[Kind], lost: DataFrame | None) -> None:
+    """Structure counters of every file: one tiny aggregate over the cached structures."""
     from deepcvr.transform import reasons as P
     from deepcvr.transform import spark_structures as T
 
-    assert k.structs is not None
-    job.phase(f"count structures of {k.file}")
-    valid = 0
-    rejected = 0
-    for r in T.reason_counts(k.structs).collect():
-        if r["rcode"] == 0:
-            valid = int(r["n"])
+    job.phase("count structures")
+    parsed = {i: k.structs for i, k in enumerate(kinds) if k.structs is not None}
+    valid = dict.fromkeys(range(len(kinds)), 0)
+    rejected = dict.fromkeys(range(len(kinds)), 0)
+    for r in T.reason_counts(parsed).collect():
+        i, rcode, n = int(r["file"]), int(r["rcode"]), int(r["n"])
+        if rcode == 0:
+            valid[i] = n
         else:
-            rejected += int(r["n"])
-            reason = T.STRUCTURE_REASONS[int(r["rcode"]) - 1]
-            k.add(reason, P.REJECTED, int(r["n"]), int(r["n"]))
-    conflicts = 0
-    if lost is not None:
-        conflicts = int(T.lost_structures(k.structs, lost).collect()[0]["n"] or 0)
-        if conflicts:
-            k.add(P.FEATURE_FIELD_CONFLICT, P.REJECTED, conflicts, conflicts)
-    k.counts["loaded_structures"] = valid - conflicts
-    k.counts["structure_rejects"] = rejected + conflicts
+            rejected[i] += n
+            kinds[i].add(T.STRUCTURE_REASONS[rcode - 1], P.REJECTED, n, n)
+    for i, k in enumerate(kinds):
+        conflicts = 0
+        if lost is not None and i in parsed:
+            conflicts = int(T.lost_structures(parsed[i], lost).collect()[0]["n"] or 0)
+            if conflicts:
+                k.add(P.FEATURE_FIELD_CONFLICT, P.REJECTED, conflicts, conflicts)
+        k.counts["loaded_structures"] = valid[i] - conflicts
+        k.counts["structure_rejects"] = rejected[i] + conflicts
 
 
 def _write_tables(
@@ -263,13 +268,13 @@ def transform_split(
     try:
         c_name, s_name = common_name(split), skeleton_name(split)
         common = _read_kind(job, f"{base}/{c_name}", "common", c_name, None)
-        job.phase(f"accepted indexes of {c_name}")
-        keys = job.keep(common.lines.filter(F.col("reason").isNull()).select("idx"))
-        keys = job.small(keys, keys.count())
+        _count_lines(job, common)  # its loaded lines are the accepted indexes: no count job
+        keys = common.lines.filter(F.col("reason").isNull()).select("idx")
+        keys = job.small(keys, common.counts["loaded_lines"])
         skeleton = _read_kind(job, f"{base}/{s_name}", "skeleton", s_name, keys)
+        _count_lines(job, skeleton)
         kinds = [common, skeleton]
         for k in kinds:
-            _count_lines(job, k)
             # Parsed once and cached: the decisions, the counters, the feature table and the
             # rejects all read it (each parse pass costs more than building the cache).
             k.structs = job.keep(T.structures(k.lines, k.kind))
@@ -279,8 +284,7 @@ def transform_split(
         lost: DataFrame | None = job.keep(T.conflicts(decided))
         n_lost = lost.count()
         lost = job.small(lost, n_lost) if n_lost else None
-        for k in kinds:
-            _count_structures(job, k, lost)
+        _count_structures(job, kinds, lost)
         _write_tables(job, split, tmp, kinds, decided, lost)
         job.phase(f"account {split}")
         summary, problems = _account(job, split, tmp, kinds)

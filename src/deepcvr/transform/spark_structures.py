@@ -89,10 +89,20 @@ def structures(lines: DataFrame, kind: str) -> DataFrame:
     one 0x03, three non-empty parts) exactly when the parts around the first 0x02 and the last
     0x03 hold no other separator and the lengths add up."""
     accepted = lines.filter(F.col("reason").isNull())
+    # Split the whole line and cut the leading columns off the first item only: the accepted
+    # lines' other columns hold no 0x01, and a substring of the list would walk every line.
     exploded = accepted.select(
         F.col(KEY[kind]).alias("key"),
         "line",
-        F.posexplode(F.split(feature_list(), ITEM_SEP, -1)).alias("position", "s"),
+        "fl_start",
+        F.posexplode(F.split("text", ITEM_SEP, -1)).alias("position", "s"),
+    )
+    first = F.expr("substring(s, fl_start)")
+    exploded = exploded.select(
+        "key",
+        "line",
+        "position",
+        F.when(F.col("position") == 0, first).otherwise(F.col("s")).alias("s"),
     )
     s = F.col("s")
     field_s = F.substring_index(s, FIELD_SEP, 1)
@@ -190,9 +200,15 @@ def decide_fields(structs: list[tuple[str, DataFrame]], prior: DataFrame | None)
     return agg.select("feature_id", "mask", winner.alias("winner"))
 
 
-def reason_counts(structs: DataFrame) -> DataFrame:
-    """Structures per reason code (0 = valid): a handful of rows."""
-    return structs.groupBy("rcode").agg(F.count(F.lit(1)).alias("n"))
+def reason_counts(structs: dict[int, DataFrame]) -> DataFrame:
+    """Structures per (file number, reason code; 0 = valid) of several files, in one query:
+    a handful of rows."""
+    union = None
+    for i, df in structs.items():
+        part = df.select(F.lit(i).alias("file"), "rcode")
+        union = part if union is None else union.unionByName(part)
+    assert union is not None
+    return union.groupBy("file", "rcode").agg(F.count(F.lit(1)).alias("n"))
 
 
 def lost_structures(structs: DataFrame, lost: DataFrame) -> DataFrame:
