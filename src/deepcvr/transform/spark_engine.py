@@ -409,10 +409,11 @@ def spark_transform(
     try:
         job.phase("field table")
         _write_field_table(job)
-        for split in SPLITS:
-            if split in wanted:
-                prior_codes = T.merge_prior(prior)
-                summary[split], done = transform_split(job, split, wanted[split], prior_codes)
+        todo = [split for split in SPLITS if split in wanted]
+        for i, split in enumerate(todo):
+            prior_codes = T.merge_prior(prior)
+            summary[split], done = transform_split(job, split, wanted[split], prior_codes)
+            if i + 1 < len(todo):  # reading a Parquet schema is a Spark job: only when needed
                 prior.append(T.prior_codes(spark.read.parquet(f"{done}/feature"), len(prior)))
     finally:
         spark.sparkContext.setJobDescription(None)  # type: ignore[arg-type]

@@ -110,6 +110,15 @@ def local_frame(
 ) -> DataFrame:
     """A tiny driver-made table built in the JVM (createDataFrame on a list would make a Python
     RDD, and executors would start Python workers to read it)."""
+    if rows and dtype is not None and all(type(v) is int for row in rows for v in row):
+        # Whole numbers as one SQL expression: one call into the JVM, not one per value.
+        text = ", ".join(
+            "named_struct("
+            + ", ".join(f"'{n}', CAST({v} AS {dtype})" for v, n in zip(row, names, strict=True))
+            + ")"
+            for row in rows
+        )
+        return spark.range(1).selectExpr(f"inline(array({text}))")
     structs = [
         F.struct(*(_lit(v, dtype).alias(n) for v, n in zip(row, names, strict=True)))
         for row in rows
