@@ -38,6 +38,7 @@ from deepcvr.transform.chunks import (
     plan_chunks,
     read_manifest,
     write_frame,
+    write_frames,
 )
 from deepcvr.transform.postpass import merge_features, redo_duplicates, resolve_feature_conflicts
 from deepcvr.transform.reasons import Kind
@@ -75,13 +76,13 @@ def transform(
                 _transform_split(split, sources[split], out_dir, options, runner, registry)
             )
         resolve_feature_conflicts(states, options, runner, registry)
+        runner.close()  # the workers' memory is free before the parent writes feature tables
         _write_field_table(out_dir, options)
         summary = {s.split: _finish_split(s, registry, options) for s in states}
     except BaseException:
         runner.close(cancel=True)
         remove_temp_leftovers(out_dir)
         raise
-    runner.close()
     seconds = time.monotonic() - start
     total = sum(v["accounting"]["bytes"] for v in summary.values())
     return {
@@ -258,9 +259,8 @@ def _finish_split(
 ) -> dict[str, Any]:
     from deepcvr.transform.accounting import account_split
 
-    features = registry.feature_table(state.split)
     with atomic_file(state.out / "feature" / "part-00000.parquet") as tmp:
-        write_frame(features, "feature", tmp, options.compression)
+        write_frames(registry.feature_blocks(state.split), "feature", tmp, options.compression)
     summary = account_split(state, options)
     with atomic_file(state.out / MANIFEST) as tmp:
         tmp.write_text(json.dumps(summary, indent=2, default=str))
