@@ -61,6 +61,11 @@ def load_duckdb(
     tmp = temp_sibling(path)
     start = time.monotonic()
     con = duckdb.connect(str(tmp))
+    # Rows need no particular physical order (every key is checked; a query that cares sorts).
+    # Letting each thread append as it goes makes the bulk inserts faster and lighter on memory
+    # (long tables plus checkpoint at 1 M impressions: 1.5 s instead of 2.5 s); each thread
+    # appends runs of consecutive rows, so storage stays largely clustered by key.
+    con.execute("SET preserve_insertion_order = false")
     try:
         summary = _build(con, inp, path, replace, enforce_max_rows)
         con.execute("CHECKPOINT")
