@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 import json
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -18,7 +18,6 @@ from typing import Any, BinaryIO
 import numpy as np
 import polars as pl
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from deepcvr.fsutil import atomic_file
 from deepcvr.schema import TABLES
@@ -216,15 +215,6 @@ def write_frame(frame: pl.DataFrame, table: str, path: Path, compression: str) -
     frame.write_parquet(
         path, compression=compression, statistics=True, row_group_size=ROW_GROUP_ROWS
     )
-
-
-def write_frames(frames: Iterable[pl.DataFrame], table: str, path: Path, compression: str) -> None:
-    """Write a model table's part from frames that arrive one at a time (bounded memory)."""
-    schema = TABLES[table].arrow_schema()
-    with pq.ParquetWriter(path, schema, compression=compression) as writer:
-        for frame in frames:
-            frame = frame.select(schema.names).cast(_polars_schema(table))
-            writer.write_table(frame.to_arrow().cast(schema), row_group_size=ROW_GROUP_ROWS)
 
 
 @functools.cache

@@ -38,7 +38,6 @@ from deepcvr.transform.chunks import (
     plan_chunks,
     read_manifest,
     write_frame,
-    write_frames,
 )
 from deepcvr.transform.postpass import merge_features, redo_duplicates, resolve_feature_conflicts
 from deepcvr.transform.reasons import Kind
@@ -260,7 +259,7 @@ def _finish_split(
     from deepcvr.transform.accounting import account_split
 
     with atomic_file(state.out / "feature" / "part-00000.parquet") as tmp:
-        write_frames(registry.feature_blocks(state.split), "feature", tmp, options.compression)
+        write_frame(registry.feature_table(state.split), "feature", tmp, options.compression)
     summary = account_split(state, options)
     with atomic_file(state.out / MANIFEST) as tmp:
         tmp.write_text(json.dumps(summary, indent=2, default=str))

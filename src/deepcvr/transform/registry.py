@@ -7,8 +7,6 @@ structures are rejected. A dense array indexed by feature id keeps this O(pairs)
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import numpy as np
 import polars as pl
 
@@ -90,20 +88,26 @@ class FeatureRegistry:
         fresh = self.code[ids] == UNSEEN
         self.code[ids[fresh]] = codes[fresh]
 
-    def feature_blocks(self, split: str, ids_per_block: int = 1 << 21) -> Iterator[pl.DataFrame]:
-        """Every feature id the split's loaded structures reference, with its field, in id
-        order and in blocks of the id space: the parent never holds millions of rows at once."""
+    def feature_table(self, split: str, ids_per_block: int = 1 << 21) -> pl.DataFrame:
+        """Every feature id the split's loaded structures reference, with its field, in id order.
+
+        Built a block of the id space at a time, each block one chunk of the frame: no
+        temporary array spans the whole id space."""
         refs = self._split_refs(split)
+        blocks = [pl.DataFrame(schema={"feature_id": pl.Int32, "field_id": pl.String})]
         for start in range(0, len(self.code), ids_per_block):
             ids = np.flatnonzero(refs[start : start + ids_per_block]).astype(np.int32) + start
             if not len(ids):
                 continue
             codes = pl.Series(self.code[ids])
-            yield pl.DataFrame(
-                {
-                    "feature_id": ids,
-                    "field_id": codes.replace_strict(
-                        list(range(len(FIELD_ORDER))), FIELD_ORDER, return_dtype=pl.String
-                    ),
-                }
+            blocks.append(
+                pl.DataFrame(
+                    {
+                        "feature_id": ids,
+                        "field_id": codes.replace_strict(
+                            list(range(len(FIELD_ORDER))), FIELD_ORDER, return_dtype=pl.String
+                        ),
+                    }
+                )
             )
+        return pl.concat(blocks, rechunk=False)
