@@ -251,3 +251,20 @@ def test_orphan_holds_no_key_whatever_the_chunking(tmp_path: Path) -> None:
         frames = read_tables(out)
         assert frames["rejects"].select("line", "reason").rows() == [(1, P.ORPHAN_COMMON_INDEX)]
         assert frames["sample"].select("sample_id", "click").rows() == [(1, 1)]
+
+
+def test_workers_size_their_own_polars_pool() -> None:
+    """Workers share the cores: each runs Polars with cores // workers threads."""
+    import os
+
+    import polars as pl
+
+    from deepcvr.transform.workers import ChunkRunner
+
+    runner = ChunkRunner(2)
+    try:
+        assert runner.pool is not None
+        sizes = {runner.pool.submit(pl.thread_pool_size).result() for _ in range(4)}
+        assert sizes == {max(1, (os.cpu_count() or 1) // 2)}
+    finally:
+        runner.close()
