@@ -35,6 +35,13 @@ class Table:
     def column_names(self) -> list[str]:
         return [c.name for c in self.columns]
 
+    @property
+    def keyable(self) -> bool:
+        """Has a primary key that can be a constraint (no nullable key column; `rejects` has
+        none)."""
+        key = set(self.primary_key)
+        return bool(key) and not any(c.nullable for c in self.columns if c.name in key)
+
     def arrow_schema(self) -> pa.Schema:
         return pa.schema(
             [pa.field(c.name, ARROW_TYPES[c.type], nullable=c.nullable) for c in self.columns]
@@ -237,11 +244,7 @@ def create_table_sql(
     cannot add foreign keys later, passes the ones to enforce here)."""
     types = SQL_TYPES[dialect]
     cols = [f"{c.name} {types[c.type]}{'' if c.nullable else ' NOT NULL'}" for c in table.columns]
-    if (
-        with_keys
-        and table.primary_key
-        and not any(c.nullable for c in table.columns if c.name in table.primary_key)
-    ):
+    if with_keys and table.keyable:
         cols.append(primary_key_clause(table))
     cols += [foreign_key_clause(fk) for fk in foreign_keys]
     return f"CREATE TABLE {name or table.name} ({', '.join(cols)})"

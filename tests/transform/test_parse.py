@@ -6,7 +6,7 @@ import polars as pl
 import pytest
 
 from deepcvr.transform import reasons as P
-from deepcvr.transform.parse import ChunkContext, parse_chunk
+from deepcvr.transform.parse import ChunkContext, has_index, parse_chunk, sorted_index_numbers
 from deepcvr.transform.structures import FIELD_IDS
 from tests.helpers import REAL_COMMON, raw_structures
 
@@ -139,7 +139,7 @@ def test_flags_crlf_duplicates_orphans_conflicts_and_line_numbers() -> None:
         ctx(
             first_line=101,
             byte_offset=5000,
-            common_indexes=P.sorted_index_numbers(pl.Series([IDX])),
+            common_indexes=sorted_index_numbers(pl.Series([IDX])),
         ),
     )
     rejects = result.tables["rejects"].sort("line")
@@ -167,9 +167,9 @@ def test_post_pass_verdicts_are_applied() -> None:
 
 
 def test_orphan_lookup_covers_the_whole_64_bit_range() -> None:
-    known = P.sorted_index_numbers(
+    known = sorted_index_numbers(
         pl.Series(["ffffffffffffffff", "0000000000000000", "8000000000000000", "bad"])
     )
     asked = pl.Series(["ffffffffffffffff", "fffffffffffffffe", "0000000000000000", "zz", None])
-    assert P.has_index(known, asked).to_list() == [True, False, True, False, False]
-    assert P.has_index(known[:0], asked).to_list() == [False] * 5
+    assert has_index(known, asked).to_list() == [True, False, True, False, False]
+    assert has_index(known[:0], asked).to_list() == [False] * 5

@@ -161,7 +161,7 @@ def _build(
                 con.execute(f"INSERT INTO {table.name} {select}")
                 if table.name == "feature":
                     rows = _count(con, "SELECT 1 FROM feature")
-                if enforce and _has_primary_key(table):
+                if enforce and table.keyable:
                     con.execute(
                         f"ALTER TABLE {table.name} ADD PRIMARY KEY ({', '.join(table.primary_key)})"
                     )
@@ -227,11 +227,6 @@ def _duplicate_example(con: duckdb.DuckDBPyConnection, table: Table) -> str | No
         return None
     values = ", ".join(repr(v) for v in row[:-1])
     return f"primary key ({key}) = ({values}) is in {row[-1]} rows of the Parquet input"
-
-
-def _has_primary_key(table: Table) -> bool:
-    key = set(table.primary_key)
-    return bool(key) and not any(c.nullable for c in table.columns if c.name in key)
 
 
 def _count(con: duckdb.DuckDBPyConnection, select: str) -> int:

@@ -21,8 +21,7 @@ import pyarrow as pa
 
 from deepcvr.fsutil import atomic_file
 from deepcvr.schema import TABLES
-from deepcvr.transform.parse import ChunkContext, Kind, parse_chunk
-from deepcvr.transform.reasons import sorted_index_numbers
+from deepcvr.transform.parse import ChunkContext, Kind, parse_chunk, sorted_index_numbers
 
 SCAN_BLOCK = 1 << 20  # how far to read past a chunk's nominal end to find a newline
 # DuckDB's own row-group size: each Parquet row group fills one storage row group when loaded

@@ -37,7 +37,6 @@ from deepcvr.transform.reasons import (
     TRUNCATED_LAST_LINE,
     WRONG_COLUMN_COUNT,
     ChunkContext,
-    has_index,
 )
 from deepcvr.transform.structures import parse_structures
 
@@ -135,6 +134,25 @@ def invalid_utf8_lines(data: bytes, offsets: np.ndarray) -> np.ndarray:
             continue
         pos += consumed or (end - pos)
     return invalid
+
+
+def index_numbers(indexes: pl.Series) -> pl.Series:
+    """16 hex characters are a 64-bit number; null for anything else."""
+    return indexes.str.to_integer(base=16, dtype=pl.UInt64, strict=False)
+
+
+def sorted_index_numbers(indexes: pl.Series) -> np.ndarray:
+    return index_numbers(indexes).drop_nulls().sort().to_numpy()
+
+
+def has_index(known: np.ndarray, indexes: pl.Series) -> pl.Series:
+    """Which of `indexes` are in `known` (sorted numbers from sorted_index_numbers)."""
+    numbers = index_numbers(indexes)
+    values = numbers.fill_null(0).to_numpy()
+    if not len(known):
+        return pl.Series(np.zeros(len(values), dtype=bool))
+    at = np.minimum(np.searchsorted(known, values), len(known) - 1)
+    return pl.Series((known[at] == values) & numbers.is_not_null().to_numpy())
 
 
 def raw_structures(text: pl.Expr) -> pl.Expr:

@@ -64,25 +64,6 @@ SCHEMAS: dict[str, dict[str, pl.DataType]] = {
 }
 
 
-def index_numbers(indexes: pl.Series) -> pl.Series:
-    """16 hex characters are a 64-bit number; null for anything else."""
-    return indexes.str.to_integer(base=16, dtype=pl.UInt64, strict=False)
-
-
-def sorted_index_numbers(indexes: pl.Series) -> np.ndarray:
-    return index_numbers(indexes).drop_nulls().sort().to_numpy()
-
-
-def has_index(known: np.ndarray, indexes: pl.Series) -> pl.Series:
-    """Which of `indexes` are in `known` (sorted numbers from sorted_index_numbers)."""
-    numbers = index_numbers(indexes)
-    values = numbers.fill_null(0).to_numpy()
-    if not len(known):
-        return pl.Series(np.zeros(len(values), dtype=bool))
-    at = np.minimum(np.searchsorted(known, values), len(known) - 1)
-    return pl.Series((known[at] == values) & numbers.is_not_null().to_numpy())
-
-
 @dataclass
 class ChunkContext:
     """What a chunk is and what earlier passes decided about it."""
@@ -92,7 +73,7 @@ class ChunkContext:
     file_name: str
     first_line: int  # 1-based number of the chunk's first line
     byte_offset: int  # offset of the chunk's first byte in the file
-    # The split's accepted group keys as sorted 64-bit numbers (see index_numbers), for the
+    # The split's accepted group keys as sorted 64-bit numbers (parse.sorted_index_numbers), for the
     # orphan check: a binary search per line instead of a hash set of every key per chunk.
     common_indexes: np.ndarray | None = None
     reject_lines: dict[int, str] = field(default_factory=dict)  # line -> reason, from post-passes

@@ -43,7 +43,7 @@ def parse_structures(
     fast = _explode_fast(lines)
     if fast is not None:
         pairs = feature_pairs(fast)
-        conflicted, overruled = _conflicts(pairs, ctx)
+        conflicted, overruled = _conflicts(pairs, _decided(ctx))
         if conflicted.is_empty() and overruled.is_empty():
             return fast, pl.DataFrame(schema=SCHEMAS["rejects"]), pairs
     parsed = _explode(lines)
@@ -186,18 +186,13 @@ def _field_name(code: pl.Expr) -> pl.Expr:
     return code.replace_strict(list(range(len(FIELD_IDS))), FIELD_IDS, return_dtype=pl.String)
 
 
-def _conflicts(pairs: pl.DataFrame, ctx: ChunkContext) -> tuple[pl.DataFrame, pl.DataFrame]:
+def _conflicts(pairs: pl.DataFrame, decided: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
     """(feature ids under two fields in this chunk, pairs a cross-chunk verdict overrules)."""
     c = pl.col
     # Pairs are sorted by feature id, so a repeated id sits next to itself: no hashing needed.
     repeated = c("feature_id").diff().fill_null(1) == 0
     conflicted = pairs.filter(repeated | repeated.shift(-1).fill_null(False))
-    decided = _decided(ctx)
-    overruled = (
-        pairs.join(decided, on="feature_id").filter(c("field_code") != c("winner_code"))
-        if ctx.field_of
-        else decided
-    )
+    overruled = pairs.join(decided, on="feature_id").filter(c("field_code") != c("winner_code"))
     return conflicted, overruled
 
 
@@ -220,10 +215,10 @@ def _mark_field_conflicts(
     c = pl.col
     ok = parsed.filter(c("reason").is_null())
     pairs = feature_pairs(ok)
-    conflicted, overruled = _conflicts(pairs, ctx)
+    decided = _decided(ctx)
+    conflicted, overruled = _conflicts(pairs, decided)
     if conflicted.is_empty() and overruled.is_empty():
         return parsed.with_columns(winner=pl.lit(None, dtype=pl.String)), pairs
-    decided = _decided(ctx)
     first_seen = (
         ok.filter(c("feature_id").is_in(conflicted.get_column("feature_id").implode()))
         .group_by("feature_id", maintain_order=True)
