@@ -195,7 +195,7 @@ def _build(
         enforced,
         trust_enforced_keys=True,
         trust_enforced_foreign_keys=True,
-        proves_unique=lambda table, name: _unique_by_hashes(con, table, name),
+        proves_unique=lambda table, name: _proves_unique(con, table, name),
     )
     failed = [c for c in checks if not c["ok"]]
     if failed:
@@ -255,19 +255,41 @@ def _check_feature_conflicts(con: duckdb.DuckDBPyConnection) -> None:
         )
 
 
-SCREEN_ROWS = 50_000_000  # rows hashed per screening query: bounds its memory at full scale
+SCREEN_ROWS = 50_000_000  # rows per uniqueness query: bounds its memory at full scale
+_INTEGER_TYPES = {"int8", "int16", "int32", "int64"}
 
 
-def _unique_by_hashes(
+def _duplicates_sql(table: Table, name: str) -> str:
+    """A query whose result is 0 only if the key is unique, cheaper than a GROUP BY on the key.
+
+    A key ending in an integer (`position` in the long tables) is proved exactly: group the rows
+    by the other key columns and the integer's block of 64 (`>> 6`); each row sets bit
+    `& 63` of a 64-bit mask, and a group has a repeated key exactly when it has more rows than
+    set bits. In the long tables the groups are lines, not structures (13 M structures in 1 M
+    groups at 1 M impressions): 4-6x faster than hashing every key. Other keys are screened by
+    rows - distinct key hashes, where a non-zero result may be a hash collision."""
+    *group, last = table.primary_key
+    types = {c.name: c.type for c in table.columns}
+    if types[last] in _INTEGER_TYPES:
+        bit = f"1::UBIGINT << (({last} & 63)::UBIGINT)"
+        groups = ", ".join([*group, f"{last} >> 6"])
+        return (
+            f"SELECT count(*) FILTER (WHERE n <> bit_count(bits)) FROM (SELECT count(*) AS n, "
+            f"bit_or({bit}) AS bits FROM {name} {{where}} GROUP BY {groups})"
+        )
+    key = ", ".join(table.primary_key)
+    return f"SELECT count(*) - count(DISTINCT hash({key})) FROM {name} {{where}}"
+
+
+def _proves_unique(
     con: duckdb.DuckDBPyConnection, table: Table, name: str, max_rows: int = SCREEN_ROWS
 ) -> bool:
-    """True if rows minus distinct key hashes is 0 (equal keys hash alike), which costs a
-    fraction of a GROUP BY on the key's columns; False means "cannot tell": the exact query runs.
+    """True if `_duplicates_sql` finds no repeated key; False means "duplicates, or cannot
+    tell": the exact GROUP BY query then counts them.
 
-    A table above `max_rows` is screened in ranges of the key's leading column (boundaries from a
-    sample), so no single query holds a billion hashes; Ali-CCP's files are sorted by that
+    A table above `max_rows` is checked in ranges of the key's leading column (boundaries from a
+    sample), so no single query holds a billion groups; Ali-CCP's files are sorted by that
     column, so each range reads only its own row groups."""
-    key = ", ".join(table.primary_key)
     rows = _count(con, f"SELECT 1 FROM {name}")
     parts = -(-rows // max_rows)
     lead = next((c for c in table.primary_key if c != "split"), table.primary_key[0])
@@ -277,6 +299,7 @@ def _unique_by_hashes(
             f"SELECT {lead} FROM {name} USING SAMPLE {min(rows, parts * 100)} ROWS ORDER BY {lead}"
         ).fetchall()
         bounds = sorted({picks[i * len(picks) // parts][0] for i in range(1, parts)})
+    sql = _duplicates_sql(table, name)
     edges: list[Any] = [None, *bounds, None]
     for lo, hi in itertools.pairwise(edges):
         conds, params = [], []
@@ -286,9 +309,7 @@ def _unique_by_hashes(
         if hi is not None:
             conds.append(f"{lead} < ?")
             params.append(hi)
-        sql = f"SELECT count(*) - count(DISTINCT hash({key})) FROM {name}"
-        if conds:
-            sql += " WHERE " + " AND ".join(conds)
-        if con.execute(sql, params).fetchone()[0]:  # type: ignore[index]
+        where = f"WHERE {' AND '.join(conds)}" if conds else ""
+        if con.execute(sql.format(where=where), params).fetchone()[0]:  # type: ignore[index]
             return False
     return True
