@@ -250,3 +250,36 @@ def test_position_bitmask_proof_agrees_with_group_by() -> None:
         assert (found == 0) == (exact == 0), rows_list
         verdicts.add(exact == 0)
     assert verdicts == {True, False}
+
+
+@pytest.mark.parametrize("parts", [1, 3])
+def test_enforced_foreign_keys_catch_an_orphan_in_parallel_inserts(
+    parquet: tuple[Path, Path], tmp_path: Path, parts: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from deepcvr.load import duckdb_target
+
+    monkeypatch.setattr(duckdb_target, "_PARALLEL_INSERTS", parts)
+    db = tmp_path / "d.duckdb"
+    load(parquet[1], f"duckdb:///{db}")
+    con = duckdb.connect(str(db), read_only=True)
+    loaded = con.execute("SELECT * FROM sample ORDER BY split, sample_id").fetchall()
+    features = con.execute("SELECT * FROM feature ORDER BY feature_id").fetchall()
+    con.close()
+    expected = pl.read_parquet(parquet[1] / "*" / "sample" / "*.parquet")
+    assert loaded == expected.sort("split", "sample_id").rows()
+    assert len(features) == len({f for f, _ in features})
+    before = db.read_bytes()
+    orphan = pl.read_parquet(parquet[1] / "train" / "sample" / "*.parquet").head(1)
+    orphan = orphan.with_columns(
+        sample_id=pl.lit(10**9, pl.Int64), common_feature_index=pl.lit("f" * 16)
+    )
+    broken = _with_extra_rows(parquet[1], tmp_path / "orphan", "train/sample", orphan)
+    with pytest.raises(DataError, match=r"sample: .*foreign key"):
+        load(broken, f"duckdb:///{db}")
+    assert db.read_bytes() == before
+    field = pl.read_parquet(parquet[1] / "train" / "feature" / "*.parquet").head(1)
+    field = field.with_columns(feature_id=pl.lit(2**30, pl.Int32), field_id=pl.lit("999"))
+    broken = _with_extra_rows(parquet[1], tmp_path / "field", "train/feature", field)
+    with pytest.raises(DataError, match=r"feature: .*foreign key"):
+        load(broken, f"duckdb:///{db}")
+    assert db.read_bytes() == before

@@ -23,7 +23,9 @@ from deepcvr.progress import progress
 
 log = logging.getLogger("deepcvr")
 
-BLOCK = 8 * 1024 * 1024
+# 1 MiB, as tarfile reads: a larger read makes tarfile join and slice fresh buffers, and the
+# page faults of those cost 4x the decompression itself (2.3 s against 0.6 s per 247 MB member).
+BLOCK = 1024 * 1024
 TAR_BUFSIZE = 1024 * 1024  # tarfile's stream read size; its default 10 KiB means many calls
 
 Advance = Callable[[int], None]

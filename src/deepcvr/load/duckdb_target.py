@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import os
 import time
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
@@ -158,7 +159,8 @@ def _build(
             enforce = table is not REJECTS and rows <= enforce_max_rows
             con.execute(_table_sql(table, enforce, enforced))
             try:
-                con.execute(f"INSERT INTO {table.name} {select}")
+                parallel = enforce and any(fk.ref_table in enforced for fk in table.foreign_keys)
+                _insert(con, table, select, _PARALLEL_INSERTS if parallel else 1)
                 if table.name == "feature":
                     rows = _count(con, "SELECT 1 FROM feature")
                 if enforce and table.keyable:
@@ -215,6 +217,46 @@ def _build(
         "tables": tables,
         "checks": checks,
     }
+
+
+# DuckDB checks inline foreign keys row by row on one thread per INSERT (2.1 s of the 3.4 s
+# insert of 4.6 M `feature` rows); concurrent INSERTs of disjoint parts share that work.
+_PARALLEL_INSERTS = max(1, min(4, os.cpu_count() or 1))
+
+
+def _insert(con: duckdb.DuckDBPyConnection, table: Table, select: str, parts: int) -> None:
+    """INSERT the rows of `select`; with `parts` > 1, as that many concurrent INSERTs, each on
+    its own cursor, of the rows whose leading integer key column is k modulo `parts` (abs:
+    a negative id has a negative remainder)."""
+    types = {c.name: c.type for c in table.columns}
+    column = next((c for c in table.primary_key if types[c] in _INTEGER_TYPES), None)
+    if parts <= 1 or column is None:
+        con.execute(f"INSERT INTO {table.name} {select}")
+        return
+    cursors = [con.cursor() for _ in range(parts)]
+    statements = [
+        f"INSERT INTO {table.name} SELECT * FROM ({select}) WHERE abs({column} % {parts}) = {k}"
+        for k in range(parts)
+    ]
+    with ThreadPoolExecutor(parts) as pool:
+        futures = [pool.submit(c.execute, sql) for c, sql in zip(cursors, statements, strict=True)]
+        try:
+            wait(futures, return_when=FIRST_EXCEPTION)
+        except BaseException:  # Ctrl-C: stop the others before the connection goes
+            for c in cursors:
+                c.interrupt()
+            raise
+        if any(f.done() and f.exception() for f in futures):
+            for c in cursors:  # one part failed: the rest is moot
+                c.interrupt()
+        wait(futures)
+    for c in cursors:
+        c.close()
+    errors = [f.exception() for f in futures if f.exception() is not None]
+    # The part that failed, not the ones interrupted because of it.
+    errors.sort(key=lambda e: isinstance(e, duckdb.InterruptException))
+    if errors:
+        raise errors[0]
 
 
 def _duplicate_example(con: duckdb.DuckDBPyConnection, table: Table) -> str | None:

@@ -157,9 +157,14 @@ def _plan_stream(
 
     def fill(size: int) -> None:
         nonlocal buf, off, eof
-        more = f.read(size)
-        eof = not more
-        buf = buf[off:] + more  # compact only when reading, so slicing chunks stays cheap
+        # In SCAN_BLOCK reads: an archive member's larger reads make tarfile join and slice
+        # fresh buffers, whose page faults cost more than the decompression.
+        parts = [buf[off:]]  # compact only when reading, so slicing chunks stays cheap
+        while size > 0 and (more := f.read(min(size, SCAN_BLOCK))):
+            parts.append(more)
+            size -= len(more)
+        eof = size > 0
+        buf = b"".join(parts)
         off = 0
 
     while True:
