@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
+import types
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -26,6 +28,11 @@ class ChunkRunner:
             threads = max(1, (os.cpu_count() or 1) // workers)
             saved = os.environ.get("POLARS_MAX_THREADS")
             os.environ["POLARS_MAX_THREADS"] = str(threads)
+            # A spawned child imports the parent's __main__ again (the CLI: typer, rich,
+            # pydantic, 0.3 s per worker) unless __main__ names no file or module; the workers
+            # only need the chunk code, which they import by name when unpickling the calls.
+            main = sys.modules["__main__"]
+            sys.modules["__main__"] = types.ModuleType("__main__")
             try:
                 self.pool = ProcessPoolExecutor(
                     workers, mp_context=get_context("spawn"), initializer=_ignore_sigint
@@ -33,6 +40,7 @@ class ChunkRunner:
                 # Start the workers now, while the variable is set.
                 list(self.pool.map(_noop, range(workers)))
             finally:
+                sys.modules["__main__"] = main
                 if saved is None:
                     os.environ.pop("POLARS_MAX_THREADS", None)
                 else:
