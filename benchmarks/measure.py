@@ -86,3 +86,24 @@ def report(rows: list[Measurement], baseline: Measurement) -> None:
 
 def python() -> str:
     return sys.executable
+
+
+def best_of(runs: list[Measurement]) -> Measurement:
+    """The fastest of repeated runs of one command (its peak RSS is the worst of them): on a
+    shared machine, load spikes only ever slow a run down, so the minimum is the figure."""
+    best = min(runs, key=lambda m: m.seconds)
+    return Measurement(
+        best.name,
+        best.seconds,
+        max(m.peak_rss for m in runs),
+        best.input_bytes,
+        best.structures,
+    )
+
+
+def print_runs(runs: dict[str, list[Measurement]]) -> None:
+    """Every measured wall time, so the best-of figures can be read against their spread."""
+    for name, measured in runs.items():
+        if len(measured) > 1:
+            walls = ", ".join(f"{m.seconds:.2f}" for m in measured)
+            print(f"runs of {name}: {walls} s")
