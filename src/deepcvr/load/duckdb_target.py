@@ -24,6 +24,7 @@ from deepcvr.progress import progress
 from deepcvr.schema import MODEL, REJECTS, Table, create_table_sql
 
 DIALECT = "duckdb"
+_INTEGER_TYPES = {"int8", "int16", "int32", "int64"}  # key columns the bitmask proof and split use
 
 
 def _table_sql(table: Table, enforce: bool, enforced: set[str]) -> str:
@@ -298,7 +299,6 @@ def _check_feature_conflicts(con: duckdb.DuckDBPyConnection) -> None:
 
 
 SCREEN_ROWS = 50_000_000  # rows per uniqueness query: bounds its memory at full scale
-_INTEGER_TYPES = {"int8", "int16", "int32", "int64"}
 
 
 def _duplicates_sql(table: Table, name: str) -> str:
