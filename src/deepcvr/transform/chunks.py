@@ -18,6 +18,7 @@ from typing import Any, BinaryIO
 import numpy as np
 import polars as pl
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from deepcvr.fsutil import atomic_file
 from deepcvr.schema import TABLES
@@ -113,11 +114,13 @@ def _plan_file(
 ) -> Iterator[tuple[ChunkSpec, None]]:
     size = os.path.getsize(source.path)
     buf = bytearray(min(chunk_bytes, size))  # reused: no fresh pages per chunk
+    view = np.frombuffer(buf, dtype=np.uint8)
+    is_newline = np.empty(len(buf), dtype=bool)  # reused too; counts 2.5x faster than .count
     line, seq, pos = 1, 0, 0
     with open(source.path, "rb", buffering=0) as f:
         while pos < size:
             n = f.readinto(memoryview(buf)[: min(chunk_bytes, size - pos)]) or 0
-            newlines = buf.count(b"\n", 0, n)
+            newlines = int(np.count_nonzero(np.equal(view[:n], 10, out=is_newline[:n])))
             if pos + n >= size:
                 end = size
                 last_is_newline = n > 0 and buf[n - 1] == 10
@@ -214,18 +217,44 @@ def read_range(spec: ChunkSpec) -> bytes:
 def write_frame(frame: pl.DataFrame, table: str, path: Path, compression: str) -> None:
     """Write a part; a table of the model gets exactly its schema from `deepcvr.schema` (the one
     definition the loaders' DDL also comes from), side tables keep Polars' types."""
-    if table in TABLES:
-        frame = frame.select(TABLES[table].column_names).cast(_polars_schema(table))
-    frame.write_parquet(
-        path, compression=compression, statistics=True, row_group_size=ROW_GROUP_ROWS
+    if table not in TABLES:
+        frame.write_parquet(
+            path, compression=compression, statistics=True, row_group_size=ROW_GROUP_ROWS
+        )
+        return
+    schema = TABLES[table].arrow_schema()
+    # Dictionary pages only for the text columns (a split name or a group key repeats down a
+    # part); numbers are written plain: a dictionary attempt on every id and value made a
+    # sample_feature part 40 % slower to write and 10 % larger.
+    texts = [f.name for f in schema if pa.types.is_string(f.type)]
+    pq.write_table(
+        _arrow_table(frame, schema),
+        path,
+        compression=compression,
+        use_dictionary=texts,
+        write_statistics=True,
+        row_group_size=ROW_GROUP_ROWS,
+        # The file's own (Parquet) types are the model's; no Arrow schema in the footer, so a
+        # column written from a dictionary reads back as plain text.
+        store_schema=False,
     )
 
 
-@functools.cache
-def _polars_schema(table: str) -> dict[str, pl.DataType]:
-    # An empty table from no batches: Schema.empty_table() would import pandas (0.1 s per process).
-    empty = pa.Table.from_batches([], schema=TABLES[table].arrow_schema())
-    return dict(pl.from_arrow(empty).schema)  # type: ignore[union-attr]
+def _arrow_table(frame: pl.DataFrame, schema: pa.Schema, constant: str = "split") -> pa.Table:
+    """`frame` with the model's Arrow types. The `constant` column, when it holds one value
+    all the way down (a part's split), becomes a one-entry dictionary: the writer then hashes
+    nothing per row (a third of the time of writing a sample_feature part)."""
+    values = frame.get_column(constant) if constant in schema.names else None
+    first = values[0] if values is not None and len(values) else None
+    if values is None or first is None or not (values == first).all():
+        return frame.select(schema.names).to_arrow().cast(schema)
+    at = schema.get_field_index(constant)
+    rest = pa.schema([f for f in schema if f.name != constant])
+    data = frame.select(rest.names).to_arrow().cast(rest)
+    one = pa.DictionaryArray.from_arrays(
+        pa.array(np.zeros(frame.height, dtype=np.int32)), pa.array([first], pa.string())
+    )
+    return data.add_column(at, schema.field(at).with_type(one.type), one)
 
 
 def part_path(out_split: Path, table: str, spec: ChunkSpec) -> Path:

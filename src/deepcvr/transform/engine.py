@@ -13,6 +13,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -77,7 +78,11 @@ def transform(
         resolve_feature_conflicts(states, options, runner, registry)
         runner.close()  # the workers' memory is free before the parent writes feature tables
         _write_field_table(out_dir, options)
-        summary = {s.split: _finish_split(s, registry, options) for s in states}
+        # The splits' feature tables and accounts are independent, and the workers are gone:
+        # one thread per split (Polars and Arrow release the GIL) keeps both cores busy.
+        with ThreadPoolExecutor(max(1, min(len(states), options.workers))) as pool:
+            finished = list(pool.map(lambda s: _finish_split(s, registry, options), states))
+        summary = {s.split: done for s, done in zip(states, finished, strict=True)}
     except BaseException:
         runner.close(cancel=True)
         remove_temp_leftovers(out_dir)
