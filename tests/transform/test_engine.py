@@ -268,3 +268,32 @@ def test_workers_size_their_own_polars_pool() -> None:
         assert sizes == {max(1, (os.cpu_count() or 1) // 2)}
     finally:
         runner.close()
+
+
+def test_workers_keep_freed_memory(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Workers get the allocator settings that keep a chunk's pages across chunks: jemalloc's
+    after whatever the environment holds (Polars' defaults; the last option wins), glibc's
+    unless the user set them; the parent's environment is left as it was."""
+    import os
+
+    import polars as pl  # noqa: F401  (it puts its jemalloc defaults in the environment)
+
+    from deepcvr.transform.workers import _KEEP_FREED_JEMALLOC, JEMALLOC_CONF, ChunkRunner
+
+    before = os.environ[JEMALLOC_CONF]
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "4096")
+    monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_", raising=False)
+    runner = ChunkRunner(2)
+    try:
+        assert runner.pool is not None
+        seen = {
+            name: runner.pool.submit(os.getenv, name).result()
+            for name in (JEMALLOC_CONF, "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")
+        }
+    finally:
+        runner.close()
+    assert seen[JEMALLOC_CONF].endswith(f"{before},{_KEEP_FREED_JEMALLOC}")
+    assert seen["MALLOC_MMAP_THRESHOLD_"] == "4096"
+    assert seen["MALLOC_TRIM_THRESHOLD_"] == str(1 << 31)
+    assert os.environ[JEMALLOC_CONF] == before
+    assert "MALLOC_TRIM_THRESHOLD_" not in os.environ

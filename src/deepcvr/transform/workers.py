@@ -17,15 +17,18 @@ from deepcvr.transform.chunks import ChunkSpec, run_chunk
 
 # A chunk's buffers (its bytes, the joined feature lists, the CSV Polars reads) are megabytes
 # each, allocated afresh per chunk. By default glibc maps such blocks and unmaps them on free,
-# and Polars' jemalloc hands freed pages back within seconds, so every chunk faulted its pages
-# in again: ~6,000 page faults and 8 % of a worker's time per 8 MB chunk. Workers keep what they
-# freed instead (their memory stays at one chunk's peak, as it reaches it anyway). A setting
-# the user made in the environment wins.
+# and Polars' jemalloc soon hands freed pages back, so every chunk faulted its pages in again:
+# ~5,000 page faults and 8-10 % of a worker's time per 8 MB chunk. Workers keep what they freed
+# across chunks instead (jemalloc returns it after 5 s idle); their memory stays at one chunk's
+# peak, which they reach anyway. A glibc setting the user made in the environment wins.
 _KEEP_FREED_MEMORY = {
     "MALLOC_MMAP_THRESHOLD_": str(1 << 30),
     "MALLOC_TRIM_THRESHOLD_": str(1 << 31),
-    "_RJEM_MALLOC_CONF": "dirty_decay_ms:-1,muzzy_decay_ms:-1",
 }
+# Polars writes its own jemalloc defaults into the environment when imported, and puts them
+# before any value it finds: appended, these options come last in each worker and win.
+JEMALLOC_CONF = "_RJEM_MALLOC_CONF"
+_KEEP_FREED_JEMALLOC = "dirty_decay_ms:5000,muzzy_decay_ms:5000"
 
 
 class ChunkRunner:
@@ -39,6 +42,9 @@ class ChunkRunner:
             # forking a process that already runs Polars threads can deadlock.
             threads = max(1, (os.cpu_count() or 1) // workers)
             env = {k: v for k, v in _KEEP_FREED_MEMORY.items() if k not in os.environ}
+            env[JEMALLOC_CONF] = ",".join(
+                filter(None, [os.environ.get(JEMALLOC_CONF), _KEEP_FREED_JEMALLOC])
+            )
             env["POLARS_MAX_THREADS"] = str(threads)
             saved = {name: os.environ.get(name) for name in env}
             os.environ.update(env)
