@@ -246,7 +246,7 @@ def _arrow_table(frame: pl.DataFrame, schema: pa.Schema, constant: str = "split"
     nothing per row (a third of the time of writing a sample_feature part)."""
     values = frame.get_column(constant) if constant in schema.names else None
     first = values[0] if values is not None and len(values) else None
-    if values is None or first is None or not (values == first).all():
+    if values is None or first is None or values.null_count() or not (values == first).all():
         return frame.select(schema.names).to_arrow().cast(schema)
     at = schema.get_field_index(constant)
     rest = pa.schema([f for f in schema if f.name != constant])
