@@ -222,13 +222,20 @@ def write_frame(frame: pl.DataFrame, table: str, path: Path, compression: str) -
             path, compression=compression, statistics=True, row_group_size=ROW_GROUP_ROWS
         )
         return
-    schema = TABLES[table].arrow_schema()
+    write_arrow(_arrow_table(frame, TABLES[table].arrow_schema()), path, compression)
+
+
+def write_arrow(data: pa.Table, path: Path, compression: str) -> None:
+    """Write a part already in the model's Arrow types; a text column may come dictionary-coded
+    (its pages are then written from the dictionary, without hashing a value per row)."""
     # Dictionary pages only for the text columns (a split name or a group key repeats down a
     # part); numbers are written plain: a dictionary attempt on every id and value made a
     # sample_feature part 40 % slower to write and 10 % larger.
-    texts = [f.name for f in schema if pa.types.is_string(f.type)]
+    texts = [
+        f.name for f in data.schema if pa.types.is_string(f.type) or pa.types.is_dictionary(f.type)
+    ]
     pq.write_table(
-        _arrow_table(frame, schema),
+        data,
         path,
         compression=compression,
         use_dictionary=texts,
@@ -251,8 +258,10 @@ def _arrow_table(frame: pl.DataFrame, schema: pa.Schema, constant: str = "split"
     at = schema.get_field_index(constant)
     rest = pa.schema([f for f in schema if f.name != constant])
     data = frame.select(rest.names).to_arrow().cast(rest)
+    # Built through Polars: pa.array() would import pandas (0.2 s per worker) to rule it out.
     one = pa.DictionaryArray.from_arrays(
-        pa.array(np.zeros(frame.height, dtype=np.int32)), pa.array([first], pa.string())
+        pl.zeros(frame.height, pl.Int32, eager=True).to_arrow(),
+        pl.Series([first], dtype=pl.String).to_arrow().cast(pa.string()),
     )
     return data.add_column(at, schema.field(at).with_type(one.type), one)
 

@@ -38,6 +38,7 @@ from deepcvr.transform.chunks import (
     RawSource,
     plan_chunks,
     read_manifest,
+    write_arrow,
     write_frame,
 )
 from deepcvr.transform.postpass import merge_features, redo_duplicates, resolve_feature_conflicts
@@ -59,14 +60,18 @@ def transform(
     out_dir: Path,
     splits: list[str] | None = None,
     options: TransformOptions | None = None,
+    runner: ChunkRunner | None = None,
 ) -> dict[str, Any]:
-    """Transform every requested split found in `raw_dir`; returns a summary per split."""
+    """Transform every requested split found in `raw_dir`; returns a summary per split.
+
+    `runner`: workers the caller started early, `options.workers` of them; closed when the
+    transform ends (the caller closes them if it fails before it starts)."""
     options = options or TransformOptions()
     sources = find_sources(raw_dir, splits, options.stage_raw)
-    wanted = list(sources)
     _writable(out_dir)
+    wanted = list(sources)
     start = time.monotonic()
-    runner = ChunkRunner(options.workers)
+    runner = runner or ChunkRunner(options.workers)
     registry = FeatureRegistry()
     _preload_other_splits(registry, out_dir, wanted)
     states = []
@@ -76,12 +81,13 @@ def transform(
                 _transform_split(split, sources[split], out_dir, options, runner, registry)
             )
         resolve_feature_conflicts(states, options, runner, registry)
-        runner.close()  # the workers' memory is free before the parent writes feature tables
+        runner.release()  # the workers exit, freeing their memory, while feature tables start
         _write_field_table(out_dir, options)
-        # The splits' feature tables and accounts are independent, and the workers are gone:
+        # The splits' feature tables and accounts are independent, and the workers are going:
         # one thread per split (Polars and Arrow release the GIL) keeps both cores busy.
         with ThreadPoolExecutor(max(1, min(len(states), options.workers))) as pool:
             finished = list(pool.map(lambda s: _finish_split(s, registry, options), states))
+        runner.close()
         summary = {s.split: done for s, done in zip(states, finished, strict=True)}
     except BaseException:
         runner.close(cancel=True)
@@ -264,15 +270,16 @@ def _finish_split(
     from deepcvr.transform.accounting import account_split
 
     with atomic_file(state.out / "feature" / "part-00000.parquet") as tmp:
-        write_frame(registry.feature_table(state.split), "feature", tmp, options.compression)
+        write_arrow(registry.feature_table(state.split), tmp, options.compression)
     summary = account_split(state, options)
     with atomic_file(state.out / MANIFEST) as tmp:
         tmp.write_text(json.dumps(summary, indent=2, default=str))
     return summary
 
 
-def run_transform(ctx: Any, params: Any) -> dict[str, Any]:
-    """Entry point of the `transform.aliccp` op and the `deepcvr transform` command."""
+def run_transform(ctx: Any, params: Any, runner: ChunkRunner | None = None) -> dict[str, Any]:
+    """Entry point of the `transform.aliccp` op and the `deepcvr transform` command; `runner`:
+    workers already started for the local engine."""
     default_input = "raw" if params.stage_raw else "external"
     raw_dir = Path(params.input) if params.input else ctx.workspace / default_input
     out_dir = Path(params.output) if params.output else ctx.workspace / "parquet"
@@ -281,13 +288,13 @@ def run_transform(ctx: Any, params: Any) -> dict[str, Any]:
 
         return run_spark_transform(raw_dir, out_dir, params, ctx=ctx)
     options = TransformOptions(
-        workers=params.workers or os.cpu_count() or 1,
+        workers=runner.workers if runner else params.workers or os.cpu_count() or 1,
         chunk_bytes=max(1, int(params.chunk_mb * 1_000_000)),
         max_reject_ratio=params.max_reject_ratio,
         force=ctx.force,
         stage_raw=params.stage_raw,
     )
-    summary = transform(raw_dir, out_dir, params.split, options)
+    summary = transform(raw_dir, out_dir, params.split, options, runner)
     summary["assets"] = parquet_assets(out_dir, list(summary["splits"]))
     if ctx.store is not None:
         for split, info in summary["splits"].items():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any, Literal
 
 from pydantic import Field
@@ -48,6 +49,16 @@ def _output(ctx: OpContext, params: TransformParams) -> list[str]:
 @op("transform.aliccp", TransformParams, inputs=_input, outputs=_output)
 def transform_op(ctx: OpContext, params: TransformParams) -> dict[str, Any]:
     """Parse raw Ali-CCP CSVs into 3NF Parquet tables, with rejects and accounting."""
-    from deepcvr.transform.engine import run_transform
+    runner = None
+    if params.engine == "local":
+        from deepcvr.transform.workers import ChunkRunner
 
-    return run_transform(ctx, params)
+        # Started before the engine is imported: the workers load the same modules meanwhile.
+        runner = ChunkRunner(params.workers or os.cpu_count() or 1)
+    try:
+        from deepcvr.transform.engine import run_transform
+
+        return run_transform(ctx, params, runner)
+    finally:
+        if runner is not None:
+            runner.close(cancel=True)  # after a failure; a finished transform closed them

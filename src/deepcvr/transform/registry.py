@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import numpy as np
 import polars as pl
+import pyarrow as pa
 
 from deepcvr.aliccp import FIELDS
+from deepcvr.schema import FEATURE
 
 FIELD_ORDER = [f.field_id for f in FIELDS]
 CODE_OF = {f: i for i, f in enumerate(FIELD_ORDER)}
@@ -88,26 +90,30 @@ class FeatureRegistry:
         fresh = self.code[ids] == UNSEEN
         self.code[ids[fresh]] = codes[fresh]
 
-    def feature_table(self, split: str, ids_per_block: int = 1 << 21) -> pl.DataFrame:
-        """Every feature id the split's loaded structures reference, with its field, in id order.
+    def feature_table(self, split: str, ids_per_block: int = 1 << 21) -> pa.Table:
+        """Every feature id the split's loaded structures reference, with its field, in id order,
+        in the model's Arrow types; `field_id` is dictionary-coded over the 23 fields, so it is
+        neither spelled out per row nor hashed again by the Parquet writer (a third of the
+        time of a feature table).
 
-        Built a block of the id space at a time, each block one chunk of the frame: no
-        temporary array spans the whole id space."""
+        Built a block of the id space at a time, each block one record batch: no temporary
+        array spans the whole id space."""
         refs = self._split_refs(split)
-        blocks = [pl.DataFrame(schema={"feature_id": pl.Int32, "field_id": pl.String})]
+        model = FEATURE.arrow_schema()
+        at = model.get_field_index("field_id")
+        schema = model.set(at, model.field(at).with_type(pa.dictionary(pa.int32(), pa.string())))
+        # Arrays come through Polars: pyarrow's own constructors would import pandas.
+        fields = pl.Series(FIELD_ORDER, dtype=pl.String).to_arrow().cast(pa.string())
+        batches = []
         for start in range(0, len(self.code), ids_per_block):
             ids = np.flatnonzero(refs[start : start + ids_per_block]).astype(np.int32) + start
             if not len(ids):
                 continue
-            codes = pl.Series(self.code[ids])
-            blocks.append(
-                pl.DataFrame(
-                    {
-                        "feature_id": ids,
-                        "field_id": codes.replace_strict(
-                            list(range(len(FIELD_ORDER))), FIELD_ORDER, return_dtype=pl.String
-                        ),
-                    }
+            codes = pl.Series(self.code[ids]).cast(pl.Int32).to_arrow()
+            batches.append(
+                pa.RecordBatch.from_arrays(
+                    [pl.Series(ids).to_arrow(), pa.DictionaryArray.from_arrays(codes, fields)],
+                    schema=schema,
                 )
             )
-        return pl.concat(blocks, rechunk=False)
+        return pa.Table.from_batches(batches, schema)
