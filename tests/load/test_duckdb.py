@@ -177,6 +177,33 @@ def test_feature_in_two_fields_across_splits_is_named(
         load(broken, f"duckdb:///{tmp_path / 'd.duckdb'}", enforce_keys_max_rows=enforce_max)
 
 
+def test_features_are_counted_after_the_distinct_when_the_splits_overlap(
+    parquet: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """The splits share feature ids: with a threshold between the distinct count and the
+    splits' rows together, `feature` is still enforced; one below it, proved by queries."""
+    parts = pl.read_parquet(parquet[1] / "*" / "feature" / "*.parquet")
+    distinct = parts.get_column("feature_id").n_unique()
+    assert distinct < parts.height
+    for threshold, keys in ((distinct, "enforced"), (distinct - 1, "verified by queries")):
+        db = tmp_path / f"d{threshold}.duckdb"
+        summary = load(parquet[1], f"duckdb:///{db}", enforce_keys_max_rows=threshold)
+        assert summary["tables"]["feature"] == summary["tables"]["feature"] | {
+            "rows": distinct,
+            "keys": keys,
+        }
+        con = duckdb.connect(str(db), read_only=True)
+        constraints = con.execute(
+            "SELECT constraint_type FROM duckdb_constraints() WHERE table_name = 'feature' "
+            "AND constraint_type IN ('PRIMARY KEY', 'FOREIGN KEY') ORDER BY 1"
+        ).fetchall()
+        tables = {r[0] for r in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
+        con.close()
+        enforced = [("FOREIGN KEY",), ("PRIMARY KEY",)] if keys == "enforced" else []
+        assert constraints == enforced
+        assert "feature__distinct" not in tables
+
+
 def test_enforced_keys_are_trusted_and_the_rest_proved(
     parquet: tuple[Path, Path], tmp_path: Path
 ) -> None:
