@@ -226,7 +226,7 @@ def test_enforced_keys_are_trusted_and_the_rest_proved(
 
 @pytest.mark.parametrize("where", ["first", "middle", "last"])
 def test_uniqueness_proof_in_ranges_finds_a_duplicate_anywhere(where: str) -> None:
-    from deepcvr.load.duckdb_target import _proves_unique
+    from deepcvr.load.duckdb_keys import proves_unique
     from deepcvr.schema import TABLES
 
     con = duckdb.connect()
@@ -236,23 +236,23 @@ def test_uniqueness_proof_in_ranges_finds_a_duplicate_anywhere(where: str) -> No
         "FROM range(5000) t(i)"
     )
     table = TABLES["sample_feature"]
-    assert _proves_unique(con, table, "sf", max_rows=300)  # 17 ranges, all unique
+    assert proves_unique(con, table, "sf", max_rows=300)  # 17 ranges, all unique
     sample_id = {"first": 0, "middle": 250, "last": 499}[where]
     con.execute(f"INSERT INTO sf SELECT * FROM sf WHERE sample_id = {sample_id} LIMIT 1")
-    assert not _proves_unique(con, table, "sf", max_rows=300)
-    assert not _proves_unique(con, table, "sf")  # one range
+    assert not proves_unique(con, table, "sf", max_rows=300)
+    assert not proves_unique(con, table, "sf")  # one range
 
 
 def test_position_bitmask_proof_agrees_with_group_by() -> None:
     """The bitmask query is 0 exactly when the key is unique, across 64-position blocks,
     negative positions and equal positions under different lines or splits."""
-    from deepcvr.load.duckdb_target import _duplicates_sql
+    from deepcvr.load.duckdb_keys import duplicates_sql
     from deepcvr.schema import TABLES
 
     table = TABLES["common_feature"]
-    sql = _duplicates_sql(table, "cf").format(where="")
+    sql = duplicates_sql(table, "cf").format(where="")
     assert "bit_or" in sql
-    assert "hash(" in _duplicates_sql(TABLES["field"], "f")
+    assert "hash(" in duplicates_sql(TABLES["field"], "f")
     con = duckdb.connect()
     rng = random.Random(7)
     verdicts = set()

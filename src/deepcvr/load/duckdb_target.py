@@ -7,7 +7,6 @@ at any point leaves the previous database untouched and queryable.
 
 from __future__ import annotations
 
-import itertools
 import os
 import time
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
@@ -18,13 +17,13 @@ import duckdb
 
 from deepcvr.errors import DataError, TargetError
 from deepcvr.fsutil import temp_sibling
+from deepcvr.load.duckdb_keys import INTEGER_TYPES, count_rows, proves_unique
 from deepcvr.load.parquet_input import ParquetInput
 from deepcvr.load.verify import KEYS_TABLE, run_checks
 from deepcvr.progress import progress
 from deepcvr.schema import FEATURE, MODEL, REJECTS, Table, create_table_sql
 
 DIALECT = "duckdb"
-_INTEGER_TYPES = {"int8", "int16", "int32", "int64"}  # key columns the bitmask proof and split use
 
 
 def _table_sql(table: Table, enforce: bool, enforced: set[str]) -> str:
@@ -134,7 +133,7 @@ def _build(
                 # Distinct features are at most the splits' rows together (plus the kept ones).
                 bound = inp.tables[table.name].rows
                 if "feature" in keep_old:
-                    bound += _count(con, "SELECT 1 FROM old.feature")
+                    bound += count_rows(con, "SELECT 1 FROM old.feature")
                 rows, enforce = _load_features(con, select, bound, enforce_max_rows, enforced, path)
             else:
                 cols = ", ".join(table.column_names)
@@ -145,7 +144,7 @@ def _build(
                 if table.name in keep_old and table.per_split:
                     kept = f"FROM old.{table.name} WHERE split NOT IN ({splits})"
                     select += f" UNION ALL SELECT {cols} {kept}"
-                    rows += _count(con, f"SELECT 1 {kept}")
+                    rows += count_rows(con, f"SELECT 1 {kept}")
                 enforce = table is not REJECTS and rows <= enforce_max_rows
                 _load_table(con, table, select, enforce, enforced, path)
             if enforce:
@@ -162,7 +161,7 @@ def _build(
         enforced,
         trust_enforced_keys=True,
         trust_enforced_foreign_keys=True,
-        proves_unique=lambda table, name: _proves_unique(con, table, name),
+        proves_unique=lambda table, name: proves_unique(con, table, name),
     )
     failed = [c for c in checks if not c["ok"]]
     if failed:
@@ -194,7 +193,7 @@ def _insert(con: duckdb.DuckDBPyConnection, table: Table, select: str, parts: in
     its own cursor, of the rows whose leading integer key column is k modulo `parts` (abs:
     a negative id has a negative remainder)."""
     types = {c.name: c.type for c in table.columns}
-    column = next((c for c in table.primary_key if types[c] in _INTEGER_TYPES), None)
+    column = next((c for c in table.primary_key if types[c] in INTEGER_TYPES), None)
     if parts <= 1 or column is None:
         con.execute(f"INSERT INTO {table.name} {select}")
         return
@@ -291,11 +290,11 @@ def _load_features(
         # that overlaps the row-by-row foreign key checks (3.7-4.1 s at 1 M impressions
         # against 4.8 s for a DISTINCT first and the checked copy after).
         _load_table(con, FEATURE, select, True, enforced, path, conflicts=True)
-        return _count(con, f"SELECT 1 FROM {FEATURE.name}"), True
+        return count_rows(con, f"SELECT 1 FROM {FEATURE.name}"), True
     staged = f"{FEATURE.name}__distinct"
     con.execute(create_table_sql(FEATURE, DIALECT, name=staged))
     con.execute(f"INSERT INTO {staged} {select}")
-    rows = _count(con, f"SELECT 1 FROM {staged}")
+    rows = count_rows(con, f"SELECT 1 FROM {staged}")
     if rows <= enforce_max_rows:
         _load_table(con, FEATURE, f"SELECT * FROM {staged}", True, enforced, path, conflicts=True)
         con.execute(f"DROP TABLE {staged}")
@@ -303,7 +302,7 @@ def _load_features(
     con.execute(f"ALTER TABLE {staged} RENAME TO {FEATURE.name}")
     # The key is proved after the load anyway; a feature id twice means two fields for one
     # feature, which gets its own message.
-    if not _proves_unique(con, FEATURE, FEATURE.name):
+    if not proves_unique(con, FEATURE, FEATURE.name):
         _check_feature_conflicts(con)
     return rows, False
 
@@ -318,10 +317,6 @@ def _duplicate_example(con: duckdb.DuckDBPyConnection, table: Table) -> str | No
         return None
     values = ", ".join(repr(v) for v in row[:-1])
     return f"primary key ({key}) = ({values}) is in {row[-1]} rows of the Parquet input"
-
-
-def _count(con: duckdb.DuckDBPyConnection, select: str) -> int:
-    return int(con.execute(f"SELECT count(*) FROM ({select})").fetchone()[0])  # type: ignore[index]
 
 
 def _feature_union(source: str, with_old: bool) -> str:
@@ -344,62 +339,3 @@ def _check_feature_conflicts(con: duckdb.DuckDBPyConnection) -> None:
             f"feature: feature ids belong to two fields across splits ({examples}); "
             "transform the splits together so one field wins"
         )
-
-
-SCREEN_ROWS = 50_000_000  # rows per uniqueness query: bounds its memory at full scale
-
-
-def _duplicates_sql(table: Table, name: str) -> str:
-    """A query whose result is 0 only if the key is unique, cheaper than a GROUP BY on the key.
-
-    A key ending in an integer (`position` in the long tables) is proved exactly: group the rows
-    by the other key columns and the integer's block of 64 (`>> 6`); each row sets bit
-    `& 63` of a 64-bit mask, and a group has a repeated key exactly when it has more rows than
-    set bits. In the long tables the groups are lines, not structures (13 M structures in 1 M
-    groups at 1 M impressions): 4-6x faster than hashing every key. Other keys are screened by
-    rows - distinct key hashes, where a non-zero result may be a hash collision."""
-    *group, last = table.primary_key
-    types = {c.name: c.type for c in table.columns}
-    if types[last] in _INTEGER_TYPES:
-        bit = f"1::UBIGINT << (({last} & 63)::UBIGINT)"
-        groups = ", ".join([*group, f"{last} >> 6"])
-        return (
-            f"SELECT count(*) FILTER (WHERE n <> bit_count(bits)) FROM (SELECT count(*) AS n, "
-            f"bit_or({bit}) AS bits FROM {name} {{where}} GROUP BY {groups})"
-        )
-    key = ", ".join(table.primary_key)
-    return f"SELECT count(*) - count(DISTINCT hash({key})) FROM {name} {{where}}"
-
-
-def _proves_unique(
-    con: duckdb.DuckDBPyConnection, table: Table, name: str, max_rows: int = SCREEN_ROWS
-) -> bool:
-    """True if `_duplicates_sql` finds no repeated key; False means "duplicates, or cannot
-    tell": the exact GROUP BY query then counts them.
-
-    A table above `max_rows` is checked in ranges of the key's leading column (boundaries from a
-    sample), so no single query holds a billion groups; Ali-CCP's files are sorted by that
-    column, so each range reads only its own row groups."""
-    rows = _count(con, f"SELECT 1 FROM {name}")
-    parts = -(-rows // max_rows)
-    lead = next((c for c in table.primary_key if c != "split"), table.primary_key[0])
-    bounds: list[Any] = []
-    if parts > 1:
-        picks = con.execute(
-            f"SELECT {lead} FROM {name} USING SAMPLE {min(rows, parts * 100)} ROWS ORDER BY {lead}"
-        ).fetchall()
-        bounds = sorted({picks[i * len(picks) // parts][0] for i in range(1, parts)})
-    sql = _duplicates_sql(table, name)
-    edges: list[Any] = [None, *bounds, None]
-    for lo, hi in itertools.pairwise(edges):
-        conds, params = [], []
-        if lo is not None:
-            conds.append(f"{lead} >= ?")
-            params.append(lo)
-        if hi is not None:
-            conds.append(f"{lead} < ?")
-            params.append(hi)
-        where = f"WHERE {' AND '.join(conds)}" if conds else ""
-        if con.execute(sql.format(where=where), params).fetchone()[0]:  # type: ignore[index]
-            return False
-    return True
