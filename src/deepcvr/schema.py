@@ -65,7 +65,7 @@ ARROW_TYPES: dict[str, pa.DataType] = {
 # rounded (the original DeepCVR used DOUBLE(8,2) and lost digits).
 SQL_TYPES: dict[str, dict[str, str]] = {
     "duckdb": {
-        "split": "VARCHAR",
+        "split": "ENUM('test', 'train')",
         "field_id": "VARCHAR",
         "text": "VARCHAR",
         "index16": "VARCHAR",

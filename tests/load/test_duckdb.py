@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import random
 import shutil
 from pathlib import Path
 
@@ -222,61 +221,6 @@ def test_enforced_keys_are_trusted_and_the_rest_proved(
     assert summary["tables"]["sample_feature"]["keys"] == "verified by queries"
     fk = "sample_feature: foreign key (split, sample_id) -> sample"
     assert details[fk] == "0 rows without a parent"
-
-
-@pytest.mark.parametrize("where", ["first", "middle", "last"])
-def test_uniqueness_proof_in_ranges_finds_a_duplicate_anywhere(where: str) -> None:
-    from deepcvr.load.duckdb_keys import proves_unique
-    from deepcvr.schema import TABLES
-
-    con = duckdb.connect()
-    con.execute(
-        "CREATE TABLE sf AS SELECT CASE WHEN i % 2 = 0 THEN 'train' ELSE 'test' END AS split, "
-        "i // 10 AS sample_id, (i % 10)::SMALLINT AS position, 1 AS feature_id, 1.0 AS value "
-        "FROM range(5000) t(i)"
-    )
-    table = TABLES["sample_feature"]
-    assert proves_unique(con, table, "sf", max_rows=300)  # 17 ranges, all unique
-    sample_id = {"first": 0, "middle": 250, "last": 499}[where]
-    con.execute(f"INSERT INTO sf SELECT * FROM sf WHERE sample_id = {sample_id} LIMIT 1")
-    assert not proves_unique(con, table, "sf", max_rows=300)
-    assert not proves_unique(con, table, "sf")  # one range
-
-
-def test_position_bitmask_proof_agrees_with_group_by() -> None:
-    """The bitmask query is 0 exactly when the key is unique, across 64-position blocks,
-    negative positions and equal positions under different lines or splits."""
-    from deepcvr.load.duckdb_keys import duplicates_sql
-    from deepcvr.schema import TABLES
-
-    table = TABLES["common_feature"]
-    sql = duplicates_sql(table, "cf").format(where="")
-    assert "bit_or" in sql
-    assert "hash(" in duplicates_sql(TABLES["field"], "f")
-    con = duckdb.connect()
-    rng = random.Random(7)
-    verdicts = set()
-    for _ in range(60):
-        rows = {
-            (rng.choice(["train", "test"]), f"{rng.randrange(3):016x}", rng.randrange(-70, 200))
-            for _ in range(rng.randrange(1, 40))
-        }
-        rows_list = sorted(rows)
-        if rng.random() < 0.5:  # repeat one key, sometimes across a block edge's neighbours
-            rows_list.append(rng.choice(rows_list))
-        con.execute(
-            "CREATE OR REPLACE TABLE cf (split VARCHAR, common_feature_index VARCHAR, "
-            "position SMALLINT, feature_id INTEGER, value DOUBLE)"
-        )
-        con.executemany("INSERT INTO cf VALUES (?, ?, ?, 1, 1.0)", rows_list)
-        exact = con.execute(
-            "SELECT count(*) FROM (SELECT 1 FROM cf GROUP BY split, common_feature_index, "
-            "position HAVING count(*) > 1)"
-        ).fetchone()[0]
-        found = con.execute(sql).fetchone()[0]
-        assert (found == 0) == (exact == 0), rows_list
-        verdicts.add(exact == 0)
-    assert verdicts == {True, False}
 
 
 @pytest.mark.parametrize("parts", [1, 3])

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
+from deepcvr import cancel
 from deepcvr.aliccp import SPLITS, archive_name, common_name, skeleton_name
 from deepcvr.errors import DataError
 from deepcvr.extract.gz import GZIP_ERRORS, GZIP_MAGIC, compressed_position, open_gzip
@@ -231,6 +232,7 @@ def _copy(archive: Path, src: BinaryIO, dest: Path, shown: Path, tick: Callable[
         raise _write_error(archive, shown, e) from None
     with out:  # read errors from `src` propagate untouched: the caller classifies them
         while chunk := src.read(BLOCK):
+            cancel.check()  # Ctrl-C: the atomic output directory is removed on the way out
             view = memoryview(chunk)
             while view:  # a raw write may be partial
                 view = view[_write(out, view, archive, shown) :]

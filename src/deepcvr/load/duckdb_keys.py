@@ -7,7 +7,7 @@ from typing import Any
 
 import duckdb
 
-from deepcvr.schema import Table
+from deepcvr.schema import ForeignKey, Table
 
 INTEGER_TYPES = {"int8", "int16", "int32", "int64"}  # key columns the bitmask proof and split use
 
@@ -73,3 +73,48 @@ def proves_unique(
         if con.execute(sql.format(where=where), params).fetchone()[0]:  # type: ignore[index]
             return False
     return True
+
+
+BITSTRING_MAX_BITS = 1 << 27  # 16 MB per bitstring (Ali-CCP's ids span ~10 M, sample ids ~43 M)
+
+
+def proves_references(
+    con: duckdb.DuckDBPyConnection, child: Table, fk: ForeignKey, name: str, parent: str
+) -> bool:
+    """True if every row of `name` has a parent in `parent` through `fk`; False means
+    "orphans, or cannot tell": the exact anti-join then counts them.
+
+    A foreign key ending in an integer column is proved with bitstrings instead of a hash join
+    (0.2 s instead of 0.8 s for both `feature_id` keys at 1 M impressions): one bit per id in
+    the key's range, OR-ed per value of the other key columns, for child and parent; the key
+    holds exactly when no child bit is missing from its parent's bitstring."""
+    *group, last = fk.columns
+    *ref_group, ref_last = fk.ref_columns
+    if {c.name: c.type for c in child.columns}[last] not in INTEGER_TYPES:
+        return False
+    lo, hi, child_lo, child_hi = con.execute(
+        f"SELECT min({ref_last}), max({ref_last}), (SELECT min({last}) FROM {name}), "
+        f"(SELECT max({last}) FROM {name}) FROM {parent}"
+    ).fetchone()  # type: ignore[misc]
+    if child_lo is None:
+        return True  # no child rows
+    if lo is None or child_lo < lo or child_hi > hi or hi - lo >= BITSTRING_MAX_BITS:
+        return False
+    bits = f"bitstring_agg({{}}, {lo}, {hi})"
+    if not group:
+        missing = con.execute(
+            f"SELECT bit_count((SELECT {bits.format(last)} FROM {name}) "
+            f"& ~(SELECT {bits.format(ref_last)} FROM {parent}))"
+        ).fetchone()[0]  # type: ignore[index]
+        return missing == 0
+    keys = ", ".join(f"{r} AS g{i}" for i, r in enumerate(ref_group))
+    child_keys = ", ".join(f"{c} AS g{i}" for i, c in enumerate(group))
+    on = " AND ".join(f"c.g{i} = p.g{i}" for i in range(len(group)))
+    missing = con.execute(
+        f"SELECT count(*) FILTER (WHERE p.b IS NULL) "
+        f"+ coalesce(sum(bit_count(c.b & ~p.b)), 0) FROM "
+        f"(SELECT {child_keys}, {bits.format(last)} AS b FROM {name} GROUP BY ALL) c "
+        f"LEFT JOIN (SELECT {keys}, {bits.format(ref_last)} AS b FROM {parent} GROUP BY ALL) p "
+        f"ON {on}"
+    ).fetchone()[0]  # type: ignore[index]
+    return missing == 0

@@ -17,7 +17,7 @@ import duckdb
 
 from deepcvr.errors import DataError, TargetError
 from deepcvr.fsutil import temp_sibling
-from deepcvr.load.duckdb_keys import INTEGER_TYPES, count_rows, proves_unique
+from deepcvr.load.duckdb_keys import INTEGER_TYPES, count_rows, proves_references, proves_unique
 from deepcvr.load.parquet_input import ParquetInput
 from deepcvr.load.verify import KEYS_TABLE, run_checks
 from deepcvr.progress import progress
@@ -162,6 +162,9 @@ def _build(
         trust_enforced_keys=True,
         trust_enforced_foreign_keys=True,
         proves_unique=lambda table, name: proves_unique(con, table, name),
+        proves_references=lambda table, fk, name, parent: proves_references(
+            con, table, fk, name, parent
+        ),
     )
     failed = [c for c in checks if not c["ok"]]
     if failed:

@@ -17,11 +17,13 @@ class LoadParams(OpParams):
         "postgresql+psycopg://USER@HOST[:PORT]/DB (password via ${env:NAME})",
     )
     replace: bool = Field(False, description="replace tables that exist with another shape")
-    enforce_keys_max_rows: int = Field(
-        10_000_000,
+    enforce_keys_max_rows: int | None = Field(
+        None,
         ge=0,
         description="enforce PRIMARY/FOREIGN KEY constraints on tables up to this many rows; "
-        "larger tables get keys declared in the catalogue and verified by queries",
+        "larger tables get keys declared in the catalogue and verified by queries (default: "
+        "1,000,000 on DuckDB, whose foreign keys are checked row by row as rows arrive; "
+        "10,000,000 on MySQL/MariaDB and PostgreSQL)",
     )
     allow_slow_insert: bool = Field(
         False,

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from deepcvr.schema import MODEL, REJECTS, Table
+from deepcvr.schema import MODEL, REJECTS, ForeignKey, Table
 
 KEYS_TABLE = "deepcvr_keys"
 KEYS_COLUMNS = (
@@ -33,6 +33,7 @@ def run_checks(
     trust_enforced_keys: bool = False,
     trust_enforced_foreign_keys: bool = False,
     proves_unique: Callable[[Table, str], bool] | None = None,
+    proves_references: Callable[[Table, ForeignKey, str, str], bool] | None = None,
 ) -> tuple[list[dict[str, Any]], list[tuple[Any, ...]]]:
     """Run every check; return (check results, rows for the keys catalogue table).
 
@@ -42,7 +43,8 @@ def run_checks(
     `trust_enforced_foreign_keys`, for a target that checked every row against its parent (not
     one that added the constraint with its checks switched off). `proves_unique(table, name)` is a
     cheaper test that returns True only if the key is unique; when it cannot tell, the exact
-    GROUP BY query counts the duplicates.
+    GROUP BY query counts the duplicates. `proves_references(table, fk, name, parent_name)` is
+    the same for a foreign key: True only if no row lacks its parent, else the anti-join counts.
     """
     names = names or {}
     checks: list[dict[str, Any]] = []
@@ -70,12 +72,15 @@ def run_checks(
                 f"p.{r} = c.{col}" for col, r in zip(fk.columns, fk.ref_columns, strict=True)
             )
             enforced_fk = table.name in enforced and fk.ref_table in enforced
+            parent = names.get(fk.ref_table, fk.ref_table)
             if trust_enforced_foreign_keys and enforced_fk:
                 orphans, detail = 0, "enforced by the FOREIGN KEY constraint"
+            elif proves_references and proves_references(table, fk, name, parent):
+                orphans, detail = 0, "0 rows without a parent"
             else:
                 orphans = query(
                     f"SELECT count(*) FROM {name} c WHERE NOT EXISTS "
-                    f"(SELECT 1 FROM {names.get(fk.ref_table, fk.ref_table)} p WHERE {cond})"
+                    f"(SELECT 1 FROM {parent} p WHERE {cond})"
                 )[0][0]
                 detail = f"{orphans:,} rows without a parent"
             cols = ", ".join(fk.columns)
