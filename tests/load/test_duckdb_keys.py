@@ -19,7 +19,6 @@ from tests.load.test_duckdb import _with_extra_rows, parquet  # noqa: F401  (the
 
 @pytest.mark.parametrize("where", ["first", "middle", "last"])
 def test_uniqueness_proof_in_ranges_finds_a_duplicate_anywhere(where: str) -> None:
-
     con = duckdb.connect()
     con.execute(
         "CREATE TABLE sf AS SELECT CASE WHEN i % 2 = 0 THEN 'train' ELSE 'test' END AS split, "
