@@ -36,7 +36,6 @@ def test_uniqueness_proof_in_ranges_finds_a_duplicate_anywhere(where: str) -> No
 def test_position_bitmask_proof_agrees_with_group_by() -> None:
     """The bitmask query is 0 exactly when the key is unique, across 64-position blocks,
     negative positions and equal positions under different lines or splits."""
-
     table = TABLES["common_feature"]
     sql = duplicates_sql(table, "cf").format(where="")
     assert "bit_or" in sql
