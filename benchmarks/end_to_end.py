@@ -26,6 +26,8 @@ from pathlib import Path
 
 from measure import ROOT, Measurement, best_of, print_runs, python, report, run
 
+sys.path.insert(0, str(ROOT / "src"))  # deepcvr from this checkout, installed or not
+
 FULL_ALICCP_RAW_BYTES = 38e9
 FULL_ALICCP_IMPRESSIONS = 42_300_135 + 43_016_840
 
@@ -46,7 +48,6 @@ FULL_SCALE_KEYS = "staged, keys as at full scale"
 
 
 def make_archives(data_dir: Path, samples: int) -> tuple[Path, int, int]:
-    sys.path.insert(0, str(ROOT / "src"))
     from deepcvr.synth import generate
 
     src = data_dir / f"archives-{samples}"
@@ -114,7 +115,6 @@ def main() -> None:
         ("deepcvr end to end (streamed)", STREAMED, args.enforce_keys_max_rows),
     ]
     if args.full_estimate:
-        sys.path.insert(0, str(ROOT / "src"))
         from deepcvr.load.database import ENFORCE_KEYS_MAX_ROWS
 
         threshold = args.enforce_keys_max_rows or ENFORCE_KEYS_MAX_ROWS["duckdb"]

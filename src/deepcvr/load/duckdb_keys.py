@@ -101,15 +101,10 @@ def proves_references(
     if lo is None or child_lo < lo or child_hi > hi or hi - lo >= BITSTRING_MAX_BITS:
         return False
     bits = f"bitstring_agg({{}}, {lo}, {hi})"
-    if not group:
-        missing = con.execute(
-            f"SELECT bit_count((SELECT {bits.format(last)} FROM {name}) "
-            f"& ~(SELECT {bits.format(ref_last)} FROM {parent}))"
-        ).fetchone()[0]  # type: ignore[index]
-        return missing == 0
-    keys = ", ".join(f"{r} AS g{i}" for i, r in enumerate(ref_group))
-    child_keys = ", ".join(f"{c} AS g{i}" for i, c in enumerate(group))
-    on = " AND ".join(f"c.g{i} = p.g{i}" for i in range(len(group)))
+    # A key of one column is one group: a constant stands in for the other key columns.
+    child_keys = ", ".join(f"{c} AS g{i}" for i, c in enumerate(group)) or "0 AS g0"
+    keys = ", ".join(f"{r} AS g{i}" for i, r in enumerate(ref_group)) or "0 AS g0"
+    on = " AND ".join(f"c.g{i} = p.g{i}" for i in range(max(1, len(group))))
     missing = con.execute(
         f"SELECT count(*) FILTER (WHERE p.b IS NULL) "
         f"+ coalesce(sum(bit_count(c.b & ~p.b)), 0) FROM "
