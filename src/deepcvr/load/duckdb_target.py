@@ -18,7 +18,7 @@ import duckdb
 from deepcvr.errors import DataError, TargetError
 from deepcvr.fsutil import temp_sibling
 from deepcvr.load.duckdb_keys import INTEGER_TYPES, count_rows, proves_references, proves_unique
-from deepcvr.load.parquet_input import ParquetInput
+from deepcvr.load.parquet_input import ParquetInput, TableInput
 from deepcvr.load.verify import KEYS_TABLE, run_checks
 from deepcvr.progress import progress
 from deepcvr.schema import FEATURE, MODEL, REJECTS, Table, create_table_sql
@@ -124,7 +124,7 @@ def _build(
     with progress(f"load {path.name}", total_rows, unit="rows") as advance:
         for table in (*MODEL, REJECTS):
             t0 = time.monotonic()
-            source = f"read_parquet({inp.tables[table.name].glob!r}, union_by_name=false)"
+            source = f"({_parquet_select(inp.tables[table.name])})"
             if not inp.tables[table.name].files:
                 source = f"(SELECT * FROM {table.name}__empty)"
                 con.execute(create_table_sql(table, DIALECT, name=f"{table.name}__empty"))
@@ -320,6 +320,22 @@ def _duplicate_example(con: duckdb.DuckDBPyConnection, table: Table) -> str | No
         return None
     values = ", ".join(repr(v) for v in row[:-1])
     return f"primary key ({key}) = ({values}) is in {row[-1]} rows of the Parquet input"
+
+
+def _parquet_select(parts: TableInput) -> str:
+    """SELECT the rows of a table's Parquet parts. Where the footers prove a part's `split`
+    constant, the constant is selected instead of the column: DuckDB then neither decodes it
+    nor converts it to its ENUM row by row (0.15-0.2 s of each long table at 1 M impressions)."""
+    names = parts.table.column_names
+    by_split: dict[str | None, list[str]] = {}
+    for path in parts.files:
+        by_split.setdefault(parts.split_of.get(path), []).append(str(path))
+    selects = []
+    for value, files in by_split.items():
+        constant = None if value is None else "'" + value.replace("'", "''") + "' AS split"
+        columns = ", ".join(constant if name == "split" and constant else name for name in names)
+        selects.append(f"SELECT {columns} FROM read_parquet({files!r}, union_by_name=false)")
+    return " UNION ALL ".join(selects)
 
 
 def _feature_union(source: str, with_old: bool) -> str:

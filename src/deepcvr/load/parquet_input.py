@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -20,6 +20,10 @@ class TableInput:
     table: Table
     files: tuple[Path, ...]
     rows: int
+    # Files whose `split` column the footers prove constant (every row group's statistics:
+    # no null, min = max), with that value: a loader may write the constant instead of
+    # reading and converting the column row by row.
+    split_of: dict[Path, str] = field(default_factory=dict)
 
     @property
     def glob(self) -> list[str]:
@@ -65,6 +69,37 @@ def inspect_parquet(root: Path) -> ParquetInput:
                     "run the transform again"
                 )
             files += found
-        rows = sum(pq.ParquetFile(p).metadata.num_rows for p in files)
-        tables[table.name] = TableInput(table, files, rows)
+        rows, split_of = 0, {}
+        for path in files:
+            meta = pq.ParquetFile(path).metadata
+            rows += meta.num_rows
+            value = constant_split(meta) if "split" in table.column_names else None
+            if value is not None:
+                split_of[path] = value
+        tables[table.name] = TableInput(table, files, rows, split_of)
     return ParquetInput(root, splits, tables)
+
+
+def constant_split(meta: pq.FileMetaData) -> str | None:
+    """The one value of a file's `split` column if its statistics prove it, else None."""
+    names = [meta.schema.column(i).name for i in range(meta.num_columns)]
+    if "split" not in names or meta.num_row_groups == 0:
+        return None
+    at = names.index("split")
+    values = set()
+    for i in range(meta.num_row_groups):
+        group = meta.row_group(i)
+        stats = group.column(at).statistics
+        if group.num_rows == 0:
+            continue
+        if (
+            stats is None
+            or not stats.has_min_max
+            or not stats.has_null_count
+            or stats.null_count != 0
+            or not isinstance(stats.min, str)
+            or stats.min != stats.max
+        ):
+            return None
+        values.add(stats.min)
+    return values.pop() if len(values) == 1 else None
