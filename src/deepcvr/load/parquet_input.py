@@ -81,7 +81,7 @@ def inspect_parquet(root: Path) -> ParquetInput:
 
 
 def constant_split(meta: pq.FileMetaData) -> str | None:
-    """The one value of a file's `split` column if its statistics prove it, else None."""
+    """The one value of a file's `split` column, a split name, if its statistics prove it."""
     names = [meta.schema.column(i).name for i in range(meta.num_columns)]
     if "split" not in names or meta.num_row_groups == 0:
         return None
@@ -102,4 +102,6 @@ def constant_split(meta: pq.FileMetaData) -> str | None:
         ):
             return None
         values.add(stats.min)
-    return values.pop() if len(values) == 1 else None
+    value = values.pop() if len(values) == 1 else None
+    # Only a split's own name: statistics of a longer text could be cut short by the writer.
+    return value if value in SPLITS else None
