@@ -7,7 +7,6 @@ import shutil
 from pathlib import Path
 
 import duckdb
-import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -17,35 +16,16 @@ from deepcvr.load.parquet_input import constant_split, inspect_parquet
 from deepcvr.schema import TABLES
 from deepcvr.transform.chunks import write_frame
 from tests.load.test_duckdb import parquet  # noqa: F401  (the module fixture)
+from tests.transform.test_chunks import _sample_features
 
 
 def _footer(path: Path) -> pq.FileMetaData:
     return pq.ParquetFile(path).metadata
 
 
-def _rows(splits: list[str | None]) -> pl.DataFrame:
-    n = len(splits)
-    return pl.DataFrame(
-        {
-            "split": splits,
-            "sample_id": list(range(1, n + 1)),
-            "position": [0] * n,
-            "feature_id": [7] * n,
-            "value": [1.0] * n,
-        },
-        schema={
-            "split": pl.String,
-            "sample_id": pl.Int64,
-            "position": pl.Int16,
-            "feature_id": pl.Int32,
-            "value": pl.Float64,
-        },
-    )
-
-
 def test_a_part_written_by_the_transform_proves_its_split(tmp_path: Path) -> None:
     path = tmp_path / "part.parquet"
-    write_frame(_rows(["test"] * 5), "sample_feature", path, "snappy")
+    write_frame(_sample_features(["test"] * 5), "sample_feature", path, "snappy")
     assert constant_split(_footer(path)) == "test"
 
 
@@ -61,11 +41,12 @@ def test_a_split_the_footer_cannot_prove_is_none(tmp_path: Path, case: str) -> N
         splits[2] = None
     if case == "no split":  # constant, but not a split's name: the load reads it (and fails)
         splits = ["valid"] * 4
-    table = _rows(splits).to_arrow()
+    table = _sample_features(splits).to_arrow()
     if case == "no split column":
         table = table.drop(["split"])
     if case == "groups disagree":  # each row group is constant, the file is not
-        table = pa.concat_tables([_rows(["train"] * 2).to_arrow(), _rows(["test"] * 2).to_arrow()])
+        halves = [_sample_features([split] * 2).to_arrow() for split in ("train", "test")]
+        table = pa.concat_tables(halves)
     pq.write_table(table, path, row_group_size=2, write_statistics=case != "no statistics")
     assert constant_split(_footer(path)) is None
 

@@ -25,10 +25,6 @@ class TableInput:
     # reading and converting the column row by row.
     split_of: dict[Path, str] = field(default_factory=dict)
 
-    @property
-    def glob(self) -> list[str]:
-        return [str(p) for p in self.files]
-
 
 @dataclass(frozen=True)
 class ParquetInput:
