@@ -474,6 +474,11 @@ def test_structure_checks_read_tokens_as_polars_does(spark: Any) -> None:
     fields = ["101", "110_14", "853", "301", "0101", "110_1", "1é1", "", "301 ", "10"]
     tokens = [f"101\x02{i}\x03{v}" for i in ids for v in values]
     tokens += [f"{f}\x027\x031.0" for f in fields] + ["garbage", "101\x027", "101\x027\x031\x03"]
+    # Shapes around a known and an unknown field name: doubled, misplaced and missing parts.
+    for f in ("101", "110_14", "999"):
+        tokens += [f"{f}\x02\x027\x031.0", f"{f}\x027\x03\x031.0", f"{f}\x03\x027\x031.0"]
+        tokens += [f"{f}\x02\x031.0", f"{f}\x027\x03", f"{f}\x027\x031.0\x02", f"{f}\x027"]
+        tokens += [f"{f}\x027\x031.0\x03", f"{f}x\x027\x031.0", f"{f}", f"\x02{f}\x027\x031.0"]
     prefix = "0123456789abcdef,1,"
     lists = ["\x01".join(tokens[i : i + 3]) for i in range(0, len(tokens), 3)]
     rows = [(n + 1, prefix + fl, len(prefix) + 1, prefix[:16]) for n, fl in enumerate(lists)]
