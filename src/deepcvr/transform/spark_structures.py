@@ -9,6 +9,8 @@ stay on primitive keys.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
@@ -31,35 +33,27 @@ BY_FREQUENCY = ["110_14", "127_14", "150_14", "109_14", "210", "853", "205", "20
 BY_FREQUENCY += [f for f in FIELD_ORDER if f not in BY_FREQUENCY]
 
 
-def field_code(field: Column) -> Column:
-    """0-based code of a field id, -1 when it is not one of the 23 fields: equality tests by
-    byte length, then by frequency (cheaper than array_position over every name)."""
-    by_size: dict[int, Column] = {}
-    for name in BY_FREQUENCY:
-        n = len(name.encode())
-        test = field == F.lit(name)
-        code = FIELD_ORDER.index(name)
-        by_size[n] = F.when(test, code) if n not in by_size else by_size[n].when(test, code)
-    size = F.octet_length(field)
+def _code_by_frequency(matches: Callable[[str], Column]) -> Column:
+    """0-based code of the first field name (by frequency) that `matches`, else -1."""
     expr = None
-    for n, chain in by_size.items():
-        branch = chain.otherwise(-1)
-        expr = F.when(size == n, branch) if expr is None else expr.when(size == n, branch)
+    for name in BY_FREQUENCY:
+        test, code = matches(name), FIELD_ORDER.index(name)
+        expr = F.when(test, code) if expr is None else expr.when(test, code)
     assert expr is not None
     return expr.otherwise(-1).cast("tinyint")
+
+
+def field_code(field: Column) -> Column:
+    """0-based code of a field id, -1 when it is not one of the 23 fields (a feature table's
+    `field_id`; structures use `_leading_field_code`, which needs no copy of their field)."""
+    return _code_by_frequency(lambda name: field == F.lit(name))
 
 
 def _leading_field_code(structure: Column) -> Column:
     """The field code of a structure that starts with a field name and 0x02, else -1: a
-    `startswith` per name by frequency, with no copy of the field part (as `field_code` of
-    that part wherever the structure has a 0x02, i.e. wherever its shape can be valid)."""
-    expr = None
-    for name in BY_FREQUENCY:
-        test = structure.startswith(name + FIELD_SEP)
-        code = FIELD_ORDER.index(name)
-        expr = F.when(test, code) if expr is None else expr.when(test, code)
-    assert expr is not None
-    return expr.otherwise(-1).cast("tinyint")
+    `startswith` per name, with no copy of the field part (as `field_code` of that part
+    wherever the structure has a 0x02, i.e. wherever its shape can be valid)."""
+    return _code_by_frequency(lambda name: structure.startswith(name + FIELD_SEP))
 
 
 def _name_sizes() -> Column:
