@@ -209,14 +209,38 @@ def _count_structures(job: Job, kinds: list[Kind], lost: DataFrame | None) -> No
         k.counts["structure_rejects"] = rejected[i] + conflicts
 
 
-def _write_tables(
-    job: Job, split: str, tmp: str, kinds: list[Kind], decided: DataFrame, lost: DataFrame | None
-) -> None:
+@dataclass
+class Fields:
+    """The field decisions of a split (spark_fields.py)."""
+
+    claims: DataFrame  # (code, block, bits), persisted
+    lost: DataFrame | None = None  # (feature_id, winner) of the contested ids, persisted
+
+
+def _decide_fields(job: Job, kinds: list[Kind], prior: DataFrame | None) -> Fields:
+    """Field claims per block of ids, then the contested ids one by one (none, usually).
+
+    Only the claims and the winners are persisted: each persisted frame that reads another
+    doubles the size of the plans Spark prints for every query over them."""
+    from deepcvr.transform import spark_fields as D
+
+    parsed = [(k.kind, k.structs) for k in kinds if k.structs is not None]
+    claims = job.keep(D.field_claims(parsed))
+    contested = D.contested_blocks(claims, prior)
+    if not contested.count():
+        return Fields(claims)
+    lost = job.keep(D.contested_winners(parsed, contested, prior))
+    return Fields(claims, job.small(lost, lost.count()))
+
+
+def _write_tables(job: Job, split: str, tmp: str, kinds: list[Kind], fields: Fields) -> None:
     from pyspark.sql import functions as F
 
+    from deepcvr.transform import spark_fields as D
     from deepcvr.transform import spark_sql as S
     from deepcvr.transform import spark_structures as T
 
+    lost = fields.lost
     rejects = None
     for k in kinds:
         job.phase(f"write tables of {k.file}")
@@ -251,7 +275,7 @@ def _write_tables(
         job.phase(f"write {split} rejects")
         job.write(rejects, f"{tmp}/rejects")
     job.phase(f"write {split} feature table")
-    job.write(T.feature_table(decided), f"{tmp}/feature")
+    job.write(D.feature_table(fields.claims, fields.lost), f"{tmp}/feature")
 
 
 def transform_split(
@@ -279,13 +303,9 @@ def transform_split(
             # rejects all read it (each parse pass costs more than building the cache).
             k.structs = job.keep(T.structures(k.lines, k.kind))
         job.phase(f"feature fields of {split}")
-        parsed = [(k.kind, k.structs) for k in kinds if k.structs is not None]
-        decided = job.keep(T.decide_fields(parsed, prior))
-        lost: DataFrame | None = job.keep(T.conflicts(decided))
-        n_lost = lost.count()
-        lost = job.small(lost, n_lost) if n_lost else None
-        _count_structures(job, kinds, lost)
-        _write_tables(job, split, tmp, kinds, decided, lost)
+        fields = _decide_fields(job, kinds, prior)
+        _count_structures(job, kinds, fields.lost)
+        _write_tables(job, split, tmp, kinds, fields)
         job.phase(f"account {split}")
         summary, problems = _account(job, split, tmp, kinds)
         ok = not problems and summary["reject_ratio"] <= job.max_reject_ratio
@@ -387,7 +407,7 @@ def spark_transform(
     max_reject_ratio: float = 0.001,
 ) -> dict[str, Any]:
     """Transform every requested split under `raw` (a URI) into `out`; a summary per split."""
-    from deepcvr.transform import spark_structures as T
+    from deepcvr.transform import spark_fields as D
 
     start = time.monotonic()
     fs = HadoopFS(spark)
@@ -400,7 +420,7 @@ def spark_transform(
     for split in SPLITS:
         done = f"{out}/{split}"
         if split not in wanted and fs.exists(f"{done}/{MANIFEST}") and fs.exists(f"{done}/feature"):
-            prior.append(T.prior_codes(spark.read.parquet(f"{done}/feature"), len(prior)))
+            prior.append(D.prior_codes(spark.read.parquet(f"{done}/feature"), len(prior)))
     summary: dict[str, Any] = {}
     # Cached frames live for one split: building them uncompressed saves ~20% of the parse's
     # CPU; they spill to disk when memory is short. The session's setting is restored after.
@@ -411,10 +431,10 @@ def spark_transform(
         _write_field_table(job)
         todo = [split for split in SPLITS if split in wanted]
         for i, split in enumerate(todo):
-            prior_codes = T.merge_prior(prior)
+            prior_codes = D.merge_prior(prior)
             summary[split], done = transform_split(job, split, wanted[split], prior_codes)
             if i + 1 < len(todo):  # reading a Parquet schema is a Spark job: only when needed
-                prior.append(T.prior_codes(spark.read.parquet(f"{done}/feature"), len(prior)))
+                prior.append(D.prior_codes(spark.read.parquet(f"{done}/feature"), len(prior)))
     finally:
         spark.sparkContext.setJobDescription(None)  # type: ignore[arg-type]
         if saved is None:

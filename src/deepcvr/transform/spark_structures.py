@@ -1,10 +1,9 @@
-"""Feature lists as Spark SQL: structures, their rejects, and which field owns a feature id.
+"""Feature lists as Spark SQL: structures and their rejects (spark_fields.py decides fields).
 
 The semantics of structures.py: a structure is checked for shape, field, id and value in that
-order; a feature id belongs to the field of its first valid structure (earlier splits first,
-then common file before skeleton, then line, then position), later ones under another field
-are rejected. Fields travel as a tinyint code (the order of aliccp.FIELDS) so the aggregations
-stay on primitive keys.
+order; a valid structure whose feature id another field owns is rejected as a conflict.
+Fields travel as a tinyint code (the order of aliccp.FIELDS) so the aggregations stay on
+primitive keys.
 """
 
 from __future__ import annotations
@@ -19,7 +18,6 @@ from deepcvr.transform import reasons as P
 from deepcvr.transform.spark_sql import KEY, feature_list
 
 FIELD_ORDER = [f.field_id for f in FIELDS]  # code = index, as the local FeatureRegistry
-KIND_RANK = {"common": 0, "skeleton": 1}
 STRUCTURE_REASONS = [P.MALFORMED_STRUCTURE, P.UNKNOWN_FIELD, P.BAD_FEATURE_ID, P.BAD_VALUE]
 
 
@@ -187,46 +185,6 @@ def reason_name(rcode: Column) -> Column:
     return F.when(rcode > 0, F.element_at(names, rcode.cast("int")))
 
 
-def _first(kind: str) -> Column:
-    """A structure's place in the split with its field code in the low 5 bits, so one min()
-    gives both the first place and its field: common before skeleton, line, position."""
-    return (
-        F.lit(KIND_RANK[kind]) * F.lit(1 << 55)
-        + F.col("line") * F.lit(1 << 21)
-        + F.col("position").cast("long") * F.lit(32)
-        + F.col("code").cast("long")
-    )
-
-
-def _bit(code: str) -> Column:
-    """The one-bit mask of a field code (23 fields fit an int)."""
-    return F.expr(f"shiftleft(1, cast({code} as int))")
-
-
-def decide_fields(structs: list[tuple[str, DataFrame]], prior: DataFrame | None) -> DataFrame:
-    """Per feature id of the split: a bit mask of the fields its valid structures claim and
-    the winning field code (a finished split's decision, else the first structure's field).
-
-    One aggregation keyed by feature_id over the (cached) structures of every file, so the
-    ~1 row per 2 structures of a per-(feature, field) pre-aggregate is never built.
-    `structs` is (kind, structures) per file; `prior` is (feature_id, code)."""
-    valid = None
-    for kind, df in structs:
-        part = df.filter(F.col("rcode") == 0).select(
-            "feature_id", "code", _first(kind).alias("first")
-        )
-        valid = part if valid is None else valid.unionByName(part)
-    assert valid is not None
-    agg = valid.groupBy("feature_id").agg(
-        F.bit_or(_bit("code")).alias("mask"), F.min("first").alias("first")
-    )
-    winner = (F.col("first") % 32).cast("tinyint")
-    if prior is not None:
-        agg = agg.join(prior.withColumnRenamed("code", "prior_code"), "feature_id", "left")
-        winner = F.coalesce(F.col("prior_code"), winner)
-    return agg.select("feature_id", "mask", winner.alias("winner"))
-
-
 def reason_counts(structs: dict[int, DataFrame]) -> DataFrame:
     """Structures per (file number, reason code; 0 = valid) of several files, in one query:
     a handful of rows."""
@@ -246,37 +204,6 @@ def lost_structures(structs: DataFrame, lost: DataFrame) -> DataFrame:
         .filter(F.col("code") != F.col("winner"))
         .agg(F.count(F.lit(1)).alias("n"))
     )
-
-
-def conflicts(decided: DataFrame) -> DataFrame:
-    """Feature ids claimed by a field other than the winner (rare in real data)."""
-    return decided.filter(F.col("mask") != _bit("winner")).select("feature_id", "winner")
-
-
-def feature_table(decided: DataFrame) -> DataFrame:
-    """The split's feature table: ids whose winning field has a loaded structure here."""
-    return decided.filter((F.col("mask").bitwiseAND(_bit("winner"))) != 0).select(
-        F.col("feature_id").cast("int"), field_name(F.col("winner")).alias("field_id")
-    )
-
-
-def prior_codes(table: DataFrame, rank: int) -> DataFrame:
-    """A finished split's feature table as decided (feature_id, code, rank)."""
-    return table.select(
-        F.col("feature_id").cast("int"),
-        field_code(F.col("field_id")).alias("code"),
-        F.lit(rank).alias("rank"),
-    )
-
-
-def merge_prior(parts: list[DataFrame]) -> DataFrame | None:
-    """Earlier decisions first: the lowest rank wins a feature id."""
-    if not parts:
-        return None
-    union = parts[0]
-    for part in parts[1:]:
-        union = union.unionByName(part)
-    return union.groupBy("feature_id").agg(F.min_by("code", "rank").alias("code"))
 
 
 def _with_winner(structs: DataFrame, lost: DataFrame | None) -> DataFrame:
