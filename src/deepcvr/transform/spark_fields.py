@@ -119,7 +119,8 @@ def feature_table(claims: DataFrame, winners: DataFrame | None) -> DataFrame:
     contested id appears only under its winner, and only if the winner claims it here."""
     ids = _ids_of(claims, F.col("bits"))
     if winners is not None:
-        ids = ids.join(F.broadcast(winners), "feature_id", "left").filter(
+        # `winners` comes broadcast-hinted when it is small (the engine's Job.small).
+        ids = ids.join(winners, "feature_id", "left").filter(
             F.col("winner").isNull() | (F.col("code") == F.col("winner"))
         )
     return ids.select("feature_id", field_name(F.col("code")).alias("field_id"))
