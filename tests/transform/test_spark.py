@@ -97,6 +97,8 @@ def _bad_common(first_index: str) -> bytes:
         f"{IDX}0b,1,205",  # one token, no separator: one malformed structure
         f"{IDX}0c,2,abc",  # the same, and flagged (declared 2)
         f"{IDX}0d,1,{s('1é1', NEW + 16)}",  # non-ASCII: unknown field
+        # Doubled and trailing item separators: four structures, two of them empty.
+        f"{IDX}0e,4,{s(101, NEW + 31)}\x01\x01{s(101, NEW + 32)}\x01",
     ]
     data = "".join(line + "\n" for line in lines).encode()
     return data + f"{IDX}09,1,{s(101, 1)}".encode() + b"\xff\xfe\n"  # invalid UTF-8
