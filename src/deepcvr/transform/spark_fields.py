@@ -14,6 +14,8 @@ claimed by two fields here or by another field in a finished split, are decided 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
@@ -30,12 +32,14 @@ def _claims_of(ids: DataFrame) -> DataFrame:
     )
 
 
-def _valid(structs: list[tuple[str, DataFrame]], *columns: str | Column) -> DataFrame:
+def _valid(
+    structs: list[tuple[str, DataFrame]], *columns: str | Column | Callable[[str], Column]
+) -> DataFrame:
     """Valid structures of every file (kind, structures) as one frame of `columns`, where a
     column may be a function of the kind."""
     union = None
     for kind, df in structs:
-        cols = [c(kind) if callable(c) else c for c in columns]
+        cols = [c if isinstance(c, str | Column) else c(kind) for c in columns]
         part = df.filter(F.col("rcode") == 0).select(*cols)
         union = part if union is None else union.unionByName(part)
     assert union is not None
