@@ -19,6 +19,7 @@ from collections.abc import Callable
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
+from deepcvr.transform.spark_sql import union_all
 from deepcvr.transform.spark_structures import field_code, field_name
 
 BLOCK_SHIFT = 6  # 64 ids per block: one bit each in a long
@@ -37,13 +38,12 @@ def _valid(
 ) -> DataFrame:
     """Valid structures of every file (kind, structures) as one frame of `columns`, where a
     column may be a function of the kind."""
-    union = None
-    for kind, df in structs:
-        cols = [c if isinstance(c, str | Column) else c(kind) for c in columns]
-        part = df.filter(F.col("rcode") == 0).select(*cols)
-        union = part if union is None else union.unionByName(part)
-    assert union is not None
-    return union
+    return union_all(
+        df.filter(F.col("rcode") == 0).select(
+            *(c if isinstance(c, str | Column) else c(kind) for c in columns)
+        )
+        for kind, df in structs
+    )
 
 
 def field_claims(structs: list[tuple[str, DataFrame]]) -> DataFrame:
@@ -143,7 +143,4 @@ def merge_prior(parts: list[DataFrame]) -> DataFrame | None:
     """Earlier decisions first: the lowest rank wins a feature id."""
     if not parts:
         return None
-    union = parts[0]
-    for part in parts[1:]:
-        union = union.unionByName(part)
-    return union.groupBy("feature_id").agg(F.min_by("code", "rank").alias("code"))
+    return union_all(parts).groupBy("feature_id").agg(F.min_by("code", "rank").alias("code"))

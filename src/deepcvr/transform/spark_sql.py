@@ -9,6 +9,8 @@ partition) gives every partition its first line and first byte.
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -103,6 +105,11 @@ def number_lines(spark: SparkSession, uri: str, size: int) -> tuple[DataFrame, F
         partitions=len(groups),
     )
     return numbered, facts
+
+
+def union_all(parts: Iterable[DataFrame]) -> DataFrame:
+    """The rows of several frames with the same columns, matched by name."""
+    return functools.reduce(DataFrame.unionByName, parts)
 
 
 def local_frame(

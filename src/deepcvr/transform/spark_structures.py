@@ -15,7 +15,7 @@ from pyspark.sql import functions as F
 
 from deepcvr.aliccp import FIELD_SEP, FIELDS, ITEM_SEP, VALUE_SEP
 from deepcvr.transform import reasons as P
-from deepcvr.transform.spark_sql import KEY, feature_list
+from deepcvr.transform.spark_sql import KEY, feature_list, union_all
 
 FIELD_ORDER = [f.field_id for f in FIELDS]  # code = index, as the local FeatureRegistry
 STRUCTURE_REASONS = [P.MALFORMED_STRUCTURE, P.UNKNOWN_FIELD, P.BAD_FEATURE_ID, P.BAD_VALUE]
@@ -188,11 +188,7 @@ def reason_name(rcode: Column) -> Column:
 def reason_counts(structs: dict[int, DataFrame]) -> DataFrame:
     """Structures per (file number, reason code; 0 = valid) of several files, in one query:
     a handful of rows."""
-    union = None
-    for i, df in structs.items():
-        part = df.select(F.lit(i).alias("file"), "rcode")
-        union = part if union is None else union.unionByName(part)
-    assert union is not None
+    union = union_all(df.select(F.lit(i).alias("file"), "rcode") for i, df in structs.items())
     return union.groupBy("file", "rcode").agg(F.count(F.lit(1)).alias("n"))
 
 
