@@ -19,10 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from deepcvr import __version__
 from deepcvr.aliccp import FIELDS, SPLITS, common_name, skeleton_name
 from deepcvr.errors import ConfigError, DataError
-from deepcvr.transform.accounting import COUNTERS
+from deepcvr.transform import spark_accounting as A
+from deepcvr.transform.spark_accounting import Kind
 from deepcvr.transform.spark_runtime import (
     HadoopFS,
     check_java,
@@ -31,17 +31,15 @@ from deepcvr.transform.spark_runtime import (
     spark_session,
     temp_sibling,
 )
+from deepcvr.transform.state import FEATURE_TABLE, MANIFEST, ROW_TABLE
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
 __all__ = ["check_java", "location", "main", "run_spark_transform", "spark_session"]
 
-MANIFEST = "_manifest.json"
 CACHE_COMPRESSED = "spark.sql.inMemoryColumnarStorage.compressed"
 BROADCAST_ROWS = 2_000_000  # side tables up to this many rows are broadcast, not shuffled
-ROW_TABLE = {"common": "common_feature_group", "skeleton": "sample"}
-FEATURE_TABLE = {"common": "common_feature", "skeleton": "sample_feature"}
 ROW_COLUMNS = {
     "common": [("split", "split"), ("idx", "common_feature_index"), ("num", "num_features")],
     "skeleton": [
@@ -108,25 +106,6 @@ class Job:
         return F.broadcast(df) if rows <= BROADCAST_ROWS else df
 
 
-@dataclass
-class Kind:
-    """One raw file of a split on its way through the engine."""
-
-    kind: str
-    file: str
-    facts: Any  # spark_sql.FileLines
-    base: DataFrame  # every line, line-level reason (persisted)
-    lines: DataFrame  # every line, final reason (duplicate / orphan joined in)
-    structs: DataFrame | None = None  # parsed structures of accepted lines (persisted)
-    counts: dict[str, int] = field(default_factory=dict)
-    reasons: dict[tuple[str, str], list[int]] = field(default_factory=dict)  # -> [rows, structs]
-
-    def add(self, reason: str, action: str, rows: int, structures: int) -> None:
-        got = self.reasons.setdefault((reason, action), [0, 0])
-        got[0] += rows
-        got[1] += structures
-
-
 def _read_kind(job: Job, uri: str, kind: str, name: str, keys: DataFrame | None) -> Kind:
     from pyspark.sql import functions as F
 
@@ -141,72 +120,6 @@ def _read_kind(job: Job, uri: str, kind: str, name: str, keys: DataFrame | None)
     few = facts.lines <= BROADCAST_ROWS or dups.count() <= BROADCAST_ROWS
     lines = S.final_lines(base, kind, F.broadcast(dups) if few else dups)
     return Kind(kind, name, facts, base, lines)
-
-
-def _count_lines(job: Job, k: Kind) -> None:
-    """Line counters and line reject reasons of a file, in one small grouped aggregate."""
-    from pyspark.sql import functions as F
-
-    from deepcvr.transform import reasons as P
-
-    job.phase(f"count lines of {k.file}")
-    c = F.col
-    flagged = c("reason").isNull() & (c("num") != c("structures"))
-    rows = (
-        k.lines.groupBy("reason", flagged.alias("flagged"))
-        .agg(
-            F.count(F.lit(1)).alias("n"),
-            F.sum("structures").alias("structures"),
-            F.count_if(c("crlf")).alias("crlf"),
-        )
-        .collect()
-    )
-    counts = dict.fromkeys(
-        ("lines", "raw_structures", "loaded_lines", "rejected_lines", "rejected_line_structures"),
-        0,
-    )
-    counts |= {"flagged_lines": 0, "crlf_lines": 0}
-    for r in rows:
-        n, structures = int(r["n"]), int(r["structures"] or 0)
-        counts["lines"] += n
-        counts["raw_structures"] += structures
-        counts["crlf_lines"] += int(r["crlf"])
-        if r["reason"] is None:
-            counts["loaded_lines"] += n
-            if r["flagged"]:
-                counts["flagged_lines"] += n
-                k.add(P.FEATURE_NUM_MISMATCH, P.FLAGGED, n, 0)
-        else:
-            counts["rejected_lines"] += n
-            counts["rejected_line_structures"] += structures
-            k.add(r["reason"], P.REJECTED, n, structures)
-    k.counts = counts
-
-
-def _count_structures(job: Job, kinds: list[Kind], lost: DataFrame | None) -> None:
-    """Structure counters of every file: one tiny aggregate over the cached structures."""
-    from deepcvr.transform import reasons as P
-    from deepcvr.transform import spark_structures as T
-
-    job.phase("count structures")
-    parsed = {i: k.structs for i, k in enumerate(kinds) if k.structs is not None}
-    valid = dict.fromkeys(range(len(kinds)), 0)
-    rejected = dict.fromkeys(range(len(kinds)), 0)
-    for r in T.reason_counts(parsed).collect():
-        i, rcode, n = int(r["file"]), int(r["rcode"]), int(r["n"])
-        if rcode == 0:
-            valid[i] = n
-        else:
-            rejected[i] += n
-            kinds[i].add(T.STRUCTURE_REASONS[rcode - 1], P.REJECTED, n, n)
-    for i, k in enumerate(kinds):
-        conflicts = 0
-        if lost is not None and i in parsed:
-            conflicts = int(T.lost_structures(parsed[i], lost).collect()[0]["n"] or 0)
-            if conflicts:
-                k.add(P.FEATURE_FIELD_CONFLICT, P.REJECTED, conflicts, conflicts)
-        k.counts["loaded_structures"] = valid[i] - conflicts
-        k.counts["structure_rejects"] = rejected[i] + conflicts
 
 
 @dataclass
@@ -292,11 +205,11 @@ def transform_split(
     try:
         c_name, s_name = common_name(split), skeleton_name(split)
         common = _read_kind(job, f"{base}/{c_name}", "common", c_name, None)
-        _count_lines(job, common)  # its loaded lines are the accepted indexes: no count job
+        A.count_lines(job, common)  # its loaded lines are the accepted indexes: no count job
         keys = common.lines.filter(F.col("reason").isNull()).select("idx")
         keys = job.small(keys, common.counts["loaded_lines"])
         skeleton = _read_kind(job, f"{base}/{s_name}", "skeleton", s_name, keys)
-        _count_lines(job, skeleton)
+        A.count_lines(job, skeleton)
         kinds = [common, skeleton]
         for k in kinds:
             # Parsed once and cached: the decisions, the counters, the feature table and the
@@ -304,10 +217,10 @@ def transform_split(
             k.structs = job.keep(T.structures(k.lines, k.kind))
         job.phase(f"feature fields of {split}")
         fields = _decide_fields(job, kinds, prior)
-        _count_structures(job, kinds, fields.lost)
+        A.count_structures(job, kinds, fields.lost)
         _write_tables(job, split, tmp, kinds, fields)
         job.phase(f"account {split}")
-        summary, problems = _account(job, split, tmp, kinds)
+        summary, problems = A.account(job, split, tmp, kinds)
         ok = not problems and summary["reject_ratio"] <= job.max_reject_ratio
         if ok:
             job.fs.write_text(f"{tmp}/{MANIFEST}", json.dumps(summary, indent=2, default=str))
@@ -327,65 +240,6 @@ def transform_split(
             f"{final_dir}/rejects for file, line and reason, or raise max_reject_ratio"
         )
     return summary, final_dir
-
-
-def _account(job: Job, split: str, tmp: str, kinds: list[Kind]) -> tuple[dict[str, Any], list[str]]:
-    """The local engine's accounting: line counts from the line pass, structure counts from
-    the counting pass, checked against the Parquet footers the writing pass produced."""
-    files: dict[str, dict[str, Any]] = {}
-    problems: list[str] = []
-    reasons: dict[tuple[str, str], list[int]] = {}
-    for k in kinds:
-        c = k.counts
-        totals = {
-            "bytes": k.facts.size,
-            "lines": c["lines"],
-            "raw_structures": c["raw_structures"],
-            "loaded_lines": c["loaded_lines"],
-            "loaded_structures": c["loaded_structures"],
-            "rejected_lines": c["rejected_lines"],
-            "rejected_structures": c["rejected_line_structures"] + c["structure_rejects"],
-            "flagged_lines": c["flagged_lines"],
-            "crlf_lines": c["crlf_lines"],
-        }
-        rows = job.fs.parquet_rows(f"{tmp}/{ROW_TABLE[k.kind]}")
-        structures = job.fs.parquet_rows(f"{tmp}/{FEATURE_TABLE[k.kind]}")
-        checks = {
-            "lines = loaded + rejected": totals["lines"]
-            == totals["loaded_lines"] + totals["rejected_lines"],
-            "structures = loaded + rejected": totals["raw_structures"]
-            == totals["loaded_structures"] + totals["rejected_structures"],
-            # From the tiny per-partition aggregate, independent of the parse.
-            "lines counted twice agree": k.facts.lines == totals["lines"],
-            "Parquet rows = loaded lines": rows == totals["loaded_lines"],
-            "Parquet structures = loaded structures": structures == totals["loaded_structures"],
-        }
-        problems += [f"{k.file}: {check} does not hold" for check, ok in checks.items() if not ok]
-        files[k.file] = {"kind": k.kind, **totals, "checks": checks}
-        for key, (n, structs) in k.reasons.items():
-            got = reasons.setdefault(key, [0, 0])
-            got[0] += n
-            got[1] += structs
-    rejects_rows = job.fs.parquet_rows(f"{tmp}/rejects")
-    if rejects_rows != sum(n for n, _ in reasons.values()):
-        problems.append(f"rejects: {rejects_rows:,} rows written, counters say otherwise")
-    lines = sum(f["lines"] for f in files.values())
-    rejected = sum(f["rejected_lines"] for f in files.values())
-    summary = {
-        "split": split,
-        "engine": "spark",
-        "version": __version__,
-        "accounting": {n: sum(int(f[n]) for f in files.values()) for n in COUNTERS},
-        "files": files,
-        "rejects": {
-            f"{reason} ({action})": {"rows": n, "structures": structs}
-            for (reason, action), (n, structs) in sorted(reasons.items())
-        },
-        "reject_ratio": rejected / lines if lines else 0.0,
-        "resumed_chunks": 0,
-        "chunks": sum(k.facts.partitions for k in kinds),  # Spark input partitions
-    }
-    return summary, problems
 
 
 def _write_field_table(job: Job) -> None:
