@@ -6,12 +6,12 @@ from pathlib import Path
 
 import duckdb
 
+# Real Ali-CCP bytes (two common lines), kept in the repository: see its PROVENANCE.md.
 REAL_COMMON = (
-    Path(__file__).resolve().parents[2]
-    / "shared"
+    Path(__file__).resolve().parent
     / "data"
     / "aliccp_raw_sample"
-    / ("common_features_train.head2.csv")
+    / "common_features_train.head2.csv"
 )
 
 
