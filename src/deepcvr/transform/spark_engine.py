@@ -163,8 +163,12 @@ def _write_tables(job: Job, split: str, tmp: str, kinds: list[Kind], fields: Fie
             f"{tmp}/{ROW_TABLE[k.kind]}",
         )
         assert k.structs is not None
+        loaded = T.loaded_structures(k.structs, lost)
+        if k.kind == "common":  # its cached structures have no index: their lines give it
+            keys = accepted.select("line", F.col("idx").alias("key"))
+            loaded = loaded.join(job.small(keys, k.counts["loaded_lines"]), "line")
         job.write(
-            T.loaded_structures(k.structs, lost).select(
+            loaded.select(
                 F.lit(split).alias("split"),
                 F.col("key").alias(KEY_NAME[k.kind]),
                 "position",
@@ -214,7 +218,8 @@ def transform_split(
         for k in kinds:
             # Parsed once and cached: the decisions, the counters, the feature table and the
             # rejects all read it (each parse pass costs more than building the cache).
-            k.structs = job.keep(T.structures(k.lines, k.kind))
+            cached = job.keep(T.packed(T.structures(k.lines, k.kind), k.kind))
+            k.structs = T.unpacked(cached, k.kind)
         job.phase(f"feature fields of {split}")
         fields = _decide_fields(job, kinds, prior)
         A.count_structures(job, kinds, fields.lost)
