@@ -185,6 +185,7 @@ def structures(lines: DataFrame, kind: str) -> DataFrame:
 # as (line, position, code, rcode, key, ...) took 3.2 s against 0.9 s as (packed, ...); the
 # common file's 16-byte index comes back from its lines when the feature table is written.
 PACKED_LINE, PACKED_POSITION, PACKED_CODE = 24, 8, 3  # shifts; position < 2^15, code + 1 < 2^5
+assert P.MAX_POSITION < 1 << 16 and len(FIELD_ORDER) < 31 and len(STRUCTURE_REASONS) < 8
 
 
 def packed(structs: DataFrame, kind: str) -> DataFrame:
