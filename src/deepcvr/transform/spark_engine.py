@@ -164,7 +164,7 @@ def _write_tables(job: Job, split: str, tmp: str, kinds: list[Kind], fields: Fie
         )
         assert k.structs is not None
         loaded = T.loaded_structures(k.structs, lost)
-        if k.kind == "common":  # its cached structures have no index: their lines give it
+        if not T.KEY_CACHED[k.kind]:  # the lines give the key the cache does not hold
             keys = accepted.select("line", F.col("idx").alias("key"))
             loaded = loaded.join(job.small(keys, k.counts["loaded_lines"]), "line")
         job.write(

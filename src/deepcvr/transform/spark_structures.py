@@ -186,6 +186,7 @@ def structures(lines: DataFrame, kind: str) -> DataFrame:
 # common file's 16-byte index comes back from its lines when the feature table is written.
 PACKED_LINE, PACKED_POSITION, PACKED_CODE = 24, 8, 3  # shifts; position < 2^15, code + 1 < 2^5
 assert P.MAX_POSITION < 1 << 16 and len(FIELD_ORDER) < 31 and len(STRUCTURE_REASONS) < 8
+KEY_CACHED = {"common": False, "skeleton": True}  # the sample id is a long: cheap to cache
 
 
 def packed(structs: DataFrame, kind: str) -> DataFrame:
@@ -197,14 +198,14 @@ def packed(structs: DataFrame, kind: str) -> DataFrame:
         + (c("code").cast("long") + 1) * (1 << PACKED_CODE)
         + c("rcode").cast("long")
     )
-    keep = ["key"] if kind == "skeleton" else []
+    keep = ["key"] if KEY_CACHED[kind] else []
     return structs.select(*keep, p.alias("packed"), "feature_id", "value", "raw")
 
 
 def unpacked(cached: DataFrame, kind: str) -> DataFrame:
     """The columns of `structures` from its cache (`packed`); the common file has no `key`."""
     p = F.col("packed")
-    keep = ["key"] if kind == "skeleton" else []
+    keep = ["key"] if KEY_CACHED[kind] else []
     return cached.select(
         *keep,
         F.shiftright(p, PACKED_LINE).alias("line"),
