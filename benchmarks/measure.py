@@ -22,6 +22,7 @@ class Measurement:
     peak_rss: int  # bytes, summed over the process and all its children at the worst moment
     input_bytes: int
     structures: int
+    output: str = ""  # what the command printed (stdout and stderr)
 
     @property
     def mb_per_s(self) -> float:
@@ -66,7 +67,9 @@ def run(
     if popen.returncode != 0:
         sys.stderr.write(output.decode(errors="replace")[-4000:])
         raise SystemExit(f"{name} failed with exit code {popen.returncode}")
-    return Measurement(name, seconds, peak, input_bytes, structures)
+    return Measurement(
+        name, seconds, peak, input_bytes, structures, output.decode(errors="replace")
+    )
 
 
 def report(rows: list[Measurement], baseline: Measurement) -> None:

@@ -1,8 +1,8 @@
 """Counters and accounting of the Spark engine, as the local engine's (accounting.py).
 
-Line counters come from one small grouped aggregate per file, structure counters from one over
-the cached structures of both files; the accounting identities are then checked against the
-row counts in the footers of the Parquet just written.
+Line counters come from one small grouped aggregate per file, structure counters from the
+tally the field decisions make of the cached structures of both files; the accounting
+identities are then checked against the row counts in the footers of the Parquet just written.
 """
 
 from __future__ import annotations
@@ -79,8 +79,11 @@ def count_lines(job: Job, k: Kind) -> None:
     k.counts = counts
 
 
-def count_structures(job: Job, kinds: list[Kind], lost: DataFrame | None) -> None:
-    """Structure counters of every file: one tiny aggregate over the cached structures."""
+def count_structures(job: Job, kinds: list[Kind], tally: DataFrame, lost: DataFrame | None) -> None:
+    """Structure counters of every file, from the (persisted, small) tally of the field
+    decisions (spark_fields.structure_tally: files numbered as `kinds`)."""
+    from pyspark.sql import functions as F
+
     from deepcvr.transform import reasons as P
     from deepcvr.transform import spark_structures as T
 
@@ -88,7 +91,7 @@ def count_structures(job: Job, kinds: list[Kind], lost: DataFrame | None) -> Non
     parsed = {i: k.structs for i, k in enumerate(kinds) if k.structs is not None}
     valid = dict.fromkeys(range(len(kinds)), 0)
     rejected = dict.fromkeys(range(len(kinds)), 0)
-    for r in T.reason_counts(parsed).collect():
+    for r in tally.groupBy("file", "rcode").agg(F.sum("n").alias("n")).collect():
         i, rcode, n = int(r["file"]), int(r["rcode"]), int(r["n"])
         if rcode == 0:
             valid[i] = n

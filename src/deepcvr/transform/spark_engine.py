@@ -126,7 +126,8 @@ def _read_kind(job: Job, uri: str, kind: str, name: str, keys: DataFrame | None)
 class Fields:
     """The field decisions of a split (spark_fields.py)."""
 
-    claims: DataFrame  # (code, block, bits), persisted
+    tally: DataFrame  # structures per file and reason, claims of the valid ones; persisted
+    claims: DataFrame  # (code, block, bits), from the tally
     lost: DataFrame | None = None  # (feature_id, winner) of the contested ids, persisted
 
 
@@ -138,12 +139,14 @@ def _decide_fields(job: Job, kinds: list[Kind], prior: DataFrame | None) -> Fiel
     from deepcvr.transform import spark_fields as D
 
     parsed = [(k.kind, k.structs) for k in kinds if k.structs is not None]
-    claims = job.keep(D.field_claims(parsed))
+    assert len(parsed) == len(kinds)  # the tally numbers files as `kinds` does
+    tally = job.keep(D.structure_tally(parsed))
+    claims = D.tally_claims(tally)
     contested = D.contested_blocks(claims, prior)
     if not contested.count():
-        return Fields(claims)
+        return Fields(tally, claims)
     lost = job.keep(D.contested_winners(parsed, contested, prior))
-    return Fields(claims, job.small(lost, lost.count()))
+    return Fields(tally, claims, job.small(lost, lost.count()))
 
 
 def _write_tables(job: Job, split: str, tmp: str, kinds: list[Kind], fields: Fields) -> None:
@@ -222,7 +225,7 @@ def transform_split(
             k.structs = T.unpacked(cached, k.kind)
         job.phase(f"feature fields of {split}")
         fields = _decide_fields(job, kinds, prior)
-        A.count_structures(job, kinds, fields.lost)
+        A.count_structures(job, kinds, fields.tally, fields.lost)
         _write_tables(job, split, tmp, kinds, fields)
         job.phase(f"account {split}")
         summary, problems = A.account(job, split, tmp, kinds)

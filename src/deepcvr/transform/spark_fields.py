@@ -46,10 +46,41 @@ def _valid(
     )
 
 
-def field_claims(structs: list[tuple[str, DataFrame]]) -> DataFrame:
+def structure_tally(structs: list[tuple[str, DataFrame]]) -> DataFrame:
+    """(file, rcode, code, block, bits, n): the structures of each file (its index in
+    `structs`, (kind, structures) per file) per reason code (0 = valid), the valid ones also
+    per field and 64-id block with the ids they claim (`bits`; code, block and bits are null
+    for rejects). One pass over the structures gives the claims and the structure counters:
+    two passes over the cache of 23 M structures cost ~0.7 s more."""
+    valid = F.col("rcode") == 0
+    union = union_all(
+        df.select(
+            F.lit(i).alias("file"),
+            "rcode",
+            F.when(valid, F.col("code")).alias("code"),
+            F.when(valid, F.shiftright("feature_id", BLOCK_SHIFT)).alias("block"),
+            F.when(valid, F.expr("shiftleft(1L, feature_id & 63)")).alias("bit"),
+        )
+        for i, (_, df) in enumerate(structs)
+    )
+    return union.groupBy("file", "rcode", "code", "block").agg(
+        F.bit_or("bit").alias("bits"), F.count(F.lit(1)).alias("n")
+    )
+
+
+def tally_claims(tally: DataFrame) -> DataFrame:
     """(code, block, bits): the ids of each 64-id block that each field's valid structures
-    claim. `structs` is (kind, structures) per file."""
-    return _claims_of(_valid(structs, "code", "feature_id"))
+    claim, from `structure_tally`."""
+    return (
+        tally.filter(F.col("rcode") == 0)
+        .groupBy("code", "block")
+        .agg(F.bit_or("bits").alias("bits"))
+    )
+
+
+def field_claims(structs: list[tuple[str, DataFrame]]) -> DataFrame:
+    """(code, block, bits) of `structs`, (kind, structures) per file."""
+    return tally_claims(structure_tally(structs))
 
 
 def contested_blocks(claims: DataFrame, prior: DataFrame | None) -> DataFrame:

@@ -15,7 +15,7 @@ from pyspark.sql import functions as F
 
 from deepcvr.aliccp import FIELD_SEP, FIELDS, ITEM_SEP, VALUE_SEP
 from deepcvr.transform import reasons as P
-from deepcvr.transform.spark_sql import KEY, feature_list, union_all
+from deepcvr.transform.spark_sql import KEY, ends_with_any, feature_list, int_ok
 
 FIELD_ORDER = [f.field_id for f in FIELDS]  # code = index, as the local FeatureRegistry
 STRUCTURE_REASONS = [P.MALFORMED_STRUCTURE, P.UNKNOWN_FIELD, P.BAD_FEATURE_ID, P.BAD_VALUE]
@@ -62,26 +62,6 @@ def field_name(code: Column) -> Column:
     return F.element_at(_names(), code.cast("int") + 1)
 
 
-def _ends_with_any(token: Column, chars: str) -> Column:
-    """Whether the last byte of `token` is one of `chars`: byte tests, no reversed copy of the
-    token (`reverse` allocated one per structure: ~65 ns each, measured on 10 M values)."""
-    test = None
-    for ch in chars:
-        ends = token.endswith(ch)
-        test = ends if test is None else test | ends
-    assert test is not None
-    return test
-
-
-def _int_ok(token: Column) -> Column:
-    """Whether Spark's int cast reads `token` as Polars does, given the cast succeeds.
-
-    Spark trims bytes <= 0x20 and 0x7F from both ends and then reads `[+-]?[0-9]+`; Polars
-    trims nothing. So a successful cast agrees exactly when the first byte is not trimmed
-    (byte comparisons, no substring copies) and the last byte is a digit."""
-    return (token >= F.lit("!")) & (token < F.lit("\x7f")) & _ends_with_any(token, "0123456789")
-
-
 def _float_ok(token: Column) -> Column:
     """Whether Java's double parse (behind Spark's cast; it trims, takes `1.0d`, `0x1p3`,
     `NaN`, `Infinity`) reads `token` as Polars does, given the parse succeeds: the first byte
@@ -89,7 +69,7 @@ def _float_ok(token: Column) -> Column:
     return (
         (token >= F.lit("+"))
         & (token < F.lit(":"))
-        & _ends_with_any(token, "0123456789./")
+        & ends_with_any(token, "0123456789./")
         & ~token.contains("x")
         & ~token.contains("X")
     )
@@ -148,7 +128,7 @@ def structures(lines: DataFrame, kind: str) -> DataFrame:
         F.col("position").cast("short").alias("position"),
         shape_ok.alias("shape_ok"),
         "code",
-        F.when(_int_ok(fid_s), fid_s.try_cast("int")).alias("feature_id"),
+        F.when(int_ok(fid_s), fid_s.try_cast("int")).alias("feature_id"),
         # "1.0" (every one-hot field) skips the string-to-double parse.
         F.when(value_s == F.lit("1.0"), F.lit(1.0))
         .when(_float_ok(value_s), value_s.try_cast("double"))
@@ -222,13 +202,6 @@ def reason_name(rcode: Column) -> Column:
     """The reason code of a structure, null when it is valid (code 0)."""
     names = F.array(*(F.lit(r) for r in STRUCTURE_REASONS))
     return F.when(rcode > 0, F.element_at(names, rcode.cast("int")))
-
-
-def reason_counts(structs: dict[int, DataFrame]) -> DataFrame:
-    """Structures per (file number, reason code; 0 = valid) of several files, in one query:
-    a handful of rows."""
-    union = union_all(df.select(F.lit(i).alias("file"), "rcode") for i, df in structs.items())
-    return union.groupBy("file", "rcode").agg(F.count(F.lit(1)).alias("n"))
 
 
 def lost_structures(structs: DataFrame, lost: DataFrame) -> DataFrame:
