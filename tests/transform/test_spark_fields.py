@@ -59,7 +59,7 @@ def _decide(
     prior_df = None
     if prior:
         prior_df = spark.createDataFrame(list(prior.items()), "feature_id int, code tinyint")
-    claims = D.field_claims(parsed).cache()
+    claims = D.tally_claims(D.structure_tally(parsed).cache())
     contested = D.contested_blocks(claims, prior_df)
     winners = D.contested_winners(parsed, contested, prior_df).cache()
     lost = {r["feature_id"]: r["winner"] for r in winners.collect()}

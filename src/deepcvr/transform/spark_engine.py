@@ -134,8 +134,9 @@ class Fields:
 def _decide_fields(job: Job, kinds: list[Kind], prior: DataFrame | None) -> Fields:
     """Field claims per block of ids, then the contested ids one by one (none, usually).
 
-    Only the claims and the winners are persisted: each persisted frame that reads another
-    doubles the size of the plans Spark prints for every query over them."""
+    Only the tally (claims and counts) and the winners are persisted: each persisted frame
+    that reads another doubles the size of the plans Spark prints for every query over them;
+    the claims are a small aggregate of the tally, recomputed where they are read."""
     from deepcvr.transform import spark_fields as D
 
     parsed = [(k.kind, k.structs) for k in kinds if k.structs is not None]

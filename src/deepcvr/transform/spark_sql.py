@@ -200,6 +200,7 @@ def parse_lines(numbered: DataFrame, kind: str, facts: FileLines) -> DataFrame:
     names = NAMES[kind]
     # One column more than the file has: a line with an extra comma has a part of it, found by
     # the split's own scan (Java's indexOf) rather than a byte-by-byte `contains` of the list.
+    # Its `fl` then stops at that comma, which only a rejected line sees.
     parts = F.split(text, ",", len(names) + 1)
     df = df.select(
         "*",
