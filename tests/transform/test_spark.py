@@ -128,6 +128,10 @@ def _bad_skeleton(first_index: str) -> bytes:
         f"999980,1,1,{ok},1,{s(301, NEW + 26)}",  # duplicate of the line above
         f"+999979,0,0,{ok},1,{s(301, NEW + 26)}",  # '+' accepted by both parsers
         f"999978,0,0,{ok},1,abc,def",  # wrong column count
+        # Wrong column count with structures before the extra comma: they all count.
+        f"999973,0,0,{ok},2,{s(205, NEW + 20)}\x01{s(206, NEW + 21)},x",
+        f"999972,1 ,0,{ok},1,{s(205, NEW + 20)}",  # Spark would trim the label: bad label
+        f"999971,0,0,{ok},1 ,{s(205, NEW + 20)}",  # and the count: bad feature_num
         "999975,0,0,nothex,1,abc",  # bad index; its lone token counts as a structure
         f"999974,0,0,{ok},1,{s('2é6', NEW + 28)}",  # non-ASCII
     ]
