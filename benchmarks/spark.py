@@ -2,12 +2,14 @@
 
     python benchmarks/spark.py [--samples 200000] [--master 'local[2]'] [--skip-local]
 
-Same generated input (train split) and the same session settings for every approach. Each
-approach runs in a process (a driver and a JVM) of its own, --rounds times (default 2), and
-its fastest JVM-warm round (after the first) is reported, every round printed. Run in one JVM
-after the references (`--one-jvm`), the Spark engine's tasks took 15-30% more CPU (after the
-references' `toPandas`, ~10 GB in the driver), which a deepcvr job, alone in its JVM, does
-not pay. The references are allowed here only, as yardsticks:
+Same generated input (train split) and the same session settings for every approach, but for
+the JVM's garbage collector: each approach gets the one it would run with (--collector own:
+deepcvr's throughput collector for its engine, Spark's default G1 for the references; or one
+collector for all). Each approach runs in a process (a driver and a JVM) of its own,
+--rounds times (default 2), and its fastest JVM-warm round (after the first) is reported,
+every round printed. Run in one JVM after the references (`--one-jvm`), the Spark engine's
+tasks took 15-30% more CPU (after the references' `toPandas`, ~10 GB in the driver), which a
+deepcvr job, alone in its JVM, does not pay. The references are allowed here only, as yardsticks:
 
 - "original": the approach the issue describes, a pandas grouped-map UDF (applyInPandas) whose
   body parses lines with a Python loop (like public Ali-CCP preprocessors), every line shipped
@@ -228,9 +230,19 @@ def timed(name: str, fn: Any, size: int, structures: int) -> Row:
     return row
 
 
-def session_settings(master: str) -> dict[str, str]:
-    """The same session for every approach."""
-    return {
+def session_settings(master: str, names: list[str], collector: str) -> dict[str, str]:
+    """The same session for every approach but its garbage collector: with `own`, the Spark
+    engine gets deepcvr's local default (the throughput collector, spark_runtime.LOCAL_GC)
+    and the references Spark's own default, Java's G1, as the original ran (the throughput
+    collector made its driver-heavy toPandas slower: 110.6 s against 137.9 s, round 2);
+    `G1` or `Parallel` gives every approach that one (in one JVM, `own` is deepcvr's)."""
+    if collector != "own":
+        gc = {"spark.driver.extraJavaOptions": f"-XX:+Use{collector}GC"}
+    elif any(name.startswith("Spark engine") for name in names):
+        gc = {}
+    else:
+        gc = {"spark.driver.extraJavaOptions": "-XX:+UseG1GC"}
+    return gc | {
         "spark.master": master,
         "spark.ui.enabled": "false",
         "spark.ui.showConsoleProgress": "false",
@@ -280,9 +292,11 @@ def run_rounds(
     spark = None
     if any(needs for needs, _ in runs.values()):
         start = time.perf_counter()
-        spark, _ = spark_session(session_settings(args.master))
+        spark, _ = spark_session(session_settings(args.master, list(runs), args.collector))
         spark.sparkContext.setLogLevel("ERROR")
-        print(f"Spark session ({args.master}) started in {time.perf_counter() - start:.1f} s")
+        beans = spark._jvm.java.lang.management.ManagementFactory.getGarbageCollectorMXBeans()
+        gc = ", ".join(sorted(str(b.getName()) for b in beans))
+        print(f"Spark session ({args.master}; {gc}) started in {time.perf_counter() - start:.1f} s")
     work = Path(tempfile.mkdtemp(prefix="deepcvr-bench-spark-"))
     rows: dict[str, list[Row]] = {name: [] for name in runs}
     try:
@@ -303,6 +317,7 @@ def isolated(name: str, args: argparse.Namespace, size: int, n: int) -> tuple[Ro
     """One approach's rounds in a process (a JVM) of its own: (last round, peak tree RSS)."""
     cmd = [sys.executable, __file__, "--only", name, "--samples", str(args.samples)]
     cmd += ["--master", args.master, "--rounds", str(args.rounds), "--data-dir", str(args.data_dir)]
+    cmd += ["--collector", args.collector]
     m = run(name, cmd, size, n)
     result = [line for line in m.output.splitlines() if line.startswith(RESULT)]
     got = json.loads(result[-1][len(RESULT) :])
@@ -326,6 +341,13 @@ def main() -> None:
         action="store_true",
         help="every approach in one session, round by round (each then runs in a JVM the "
         "others have used)",
+    )
+    parser.add_argument(
+        "--collector",
+        choices=["own", "G1", "Parallel"],
+        default="own",
+        help="JVM garbage collector: own = deepcvr's for its engine, Spark's default (G1) for "
+        "the references; G1 or Parallel = that one for every approach",
     )
     parser.add_argument("--only", help=argparse.SUPPRESS)  # one approach: a child of this script
     parser.add_argument(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,3 +19,30 @@ def test_started_session_has_deepcvr_defaults(spark: Any) -> None:
     from pyspark.errors.utils import is_debugging_enabled
 
     assert not is_debugging_enabled()
+
+
+def test_started_local_session_collects_garbage_in_parallel(spark: Any) -> None:
+    """The throughput collector, chosen for the local JVM that runs the tasks."""
+    beans = spark._jvm.java.lang.management.ManagementFactory.getGarbageCollectorMXBeans()
+    assert {str(b.getName()) for b in beans} == {"PS Scavenge", "PS MarkSweep"}
+
+
+def test_local_java_options_keep_the_users_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from deepcvr.transform.spark_runtime import DRIVER_JAVA_OPTIONS as KEY
+    from deepcvr.transform.spark_runtime import local_java_options
+
+    monkeypatch.delenv("SPARK_HOME", raising=False)
+    monkeypatch.setenv("SPARK_CONF_DIR", str(tmp_path))
+    assert local_java_options({}, "local[2]") == {KEY: "-XX:+UseParallelGC"}
+    assert local_java_options({KEY: "-Dx=1"}, "local[*]") == {KEY: "-XX:+UseParallelGC -Dx=1"}
+    assert local_java_options({KEY: "-Dx=1 -XX:+UseZGC"}, "local") == {}  # their collector
+    assert local_java_options({}, "spark://host:7077") == {}  # executors are elsewhere
+    # A builder setting replaces spark-defaults.conf's: its options are carried over.
+    (tmp_path / "spark-defaults.conf").write_text(
+        f"# site settings\nspark.executor.memory 4g\n{KEY}   -Dsite=yes -Da=b\n"
+    )
+    assert local_java_options({}, "local[2]") == {KEY: "-XX:+UseParallelGC -Dsite=yes -Da=b"}
+    (tmp_path / "spark-defaults.conf").write_text(f"{KEY}=-XX:+UseG1GC\n")
+    assert local_java_options({}, "local[2]") == {}

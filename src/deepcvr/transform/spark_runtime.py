@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import uuid
 from collections.abc import Iterator
@@ -35,6 +36,11 @@ SESSION_DEFAULTS = {
     "spark.sql.codegen.cache.maxEntries": "2000",
     "spark.python.sql.dataFrameDebugging.enabled": "false",
 }
+# A local session's JVM runs the tasks too: the throughput collector suits that batch work on a
+# small machine (G1's concurrent threads and write barriers compete with the task threads). A
+# warm run at 1 M impressions, local[2]: 20.0 s with G1 (Java 17's default), 18.0 s with it.
+LOCAL_GC = "-XX:+UseParallelGC"
+DRIVER_JAVA_OPTIONS = "spark.driver.extraJavaOptions"
 MIN_PYSPARK = (4, 0)  # is_valid_utf8, make_valid_utf8 and try_cast are Spark 4 functions
 NO_PYSPARK = "engine spark needs PySpark: pip install 'deepcvr[spark]'"
 
@@ -76,6 +82,36 @@ def check_java() -> None:
         )
 
 
+def spark_defaults_file() -> dict[str, str]:
+    """Settings of spark-defaults.conf ($SPARK_CONF_DIR, else $SPARK_HOME/conf), if any."""
+    conf_dir = os.environ.get("SPARK_CONF_DIR") or (
+        os.path.join(os.environ["SPARK_HOME"], "conf") if os.environ.get("SPARK_HOME") else ""
+    )
+    path = Path(conf_dir, "spark-defaults.conf") if conf_dir else None
+    if path is None or not path.is_file():
+        return {}
+    found: dict[str, str] = {}
+    for raw in path.read_text(errors="replace").splitlines():
+        line = raw.strip()
+        if line and not line.startswith(("#", "!")):
+            pair = re.match(r"(\S+?)(?:\s*[=:]\s*|\s+)(.*)", line)  # Java properties
+            if pair:
+                found[pair[1]] = pair[2].strip()
+    return found
+
+
+def local_java_options(settings: dict[str, str], master: str) -> dict[str, str]:
+    """The driver JVM options a new local session gets: LOCAL_GC before the user's options
+    (from `settings`, else spark-defaults.conf, which a builder setting would replace),
+    unless those already choose a collector. Nothing for a cluster master."""
+    if not master.startswith("local"):
+        return {}
+    given = settings.get(DRIVER_JAVA_OPTIONS) or spark_defaults_file().get(DRIVER_JAVA_OPTIONS, "")
+    if re.search(r"-XX:\+Use\w+GC\b", given):
+        return {}
+    return {DRIVER_JAVA_OPTIONS: f"{LOCAL_GC} {given}".strip()}
+
+
 def spark_session(settings: dict[str, str]) -> tuple[SparkSession, bool]:
     """The active session (runtime settings applied) or a new one; True when we created it.
 
@@ -99,11 +135,14 @@ def spark_session(settings: dict[str, str]) -> tuple[SparkSession, bool]:
         return active, False
     check_java()
     builder = SparkSession.builder.appName("deepcvr-transform")
+    merged = SESSION_DEFAULTS | settings
     if "spark.master" in settings:
         builder = builder.master(settings["spark.master"])
     elif not os.environ.get("PYSPARK_GATEWAY_PORT"):  # under spark-submit, its --master rules
         builder = builder.master(DEFAULT_MASTER)
-    for key, value in (SESSION_DEFAULTS | settings).items():
+    if not os.environ.get("PYSPARK_GATEWAY_PORT"):  # else the JVM runs already
+        merged |= local_java_options(settings, settings.get("spark.master", DEFAULT_MASTER))
+    for key, value in merged.items():
         if key != "spark.master":
             builder = builder.config(key, value)
     try:
