@@ -35,6 +35,8 @@ def test_local_java_options_keep_the_users_own(
 
     monkeypatch.delenv("SPARK_HOME", raising=False)
     monkeypatch.setenv("SPARK_CONF_DIR", str(tmp_path))
+    for name in ("JAVA_TOOL_OPTIONS", "_JAVA_OPTIONS", "JDK_JAVA_OPTIONS"):
+        monkeypatch.delenv(name, raising=False)
     assert local_java_options({}, "local[2]") == {KEY: "-XX:+UseParallelGC"}
     assert local_java_options({KEY: "-Dx=1"}, "local[*]") == {KEY: "-XX:+UseParallelGC -Dx=1"}
     assert local_java_options({KEY: "-Dx=1 -XX:+UseZGC"}, "local") == {}  # their collector
@@ -45,4 +47,13 @@ def test_local_java_options_keep_the_users_own(
     )
     assert local_java_options({}, "local[2]") == {KEY: "-XX:+UseParallelGC -Dsite=yes -Da=b"}
     (tmp_path / "spark-defaults.conf").write_text(f"{KEY}=-XX:+UseG1GC\n")
+    assert local_java_options({}, "local[2]") == {}
+    # A collector chosen anywhere else: a second one would stop the JVM from starting.
+    (tmp_path / "spark-defaults.conf").write_text("spark.driver.defaultJavaOptions -XX:+UseZGC\n")
+    assert local_java_options({}, "local[2]") == {}
+    (tmp_path / "spark-defaults.conf").unlink()
+    assert (
+        local_java_options({"spark.driver.defaultJavaOptions": "-XX:+UseSerialGC"}, "local") == {}
+    )
+    monkeypatch.setenv("JAVA_TOOL_OPTIONS", "-Xss4m -XX:+UseG1GC")
     assert local_java_options({}, "local[2]") == {}

@@ -41,6 +41,11 @@ SESSION_DEFAULTS = {
 # warm run at 1 M impressions, local[2]: 20.0 s with G1 (Java 17's default), 18.0 s with it.
 LOCAL_GC = "-XX:+UseParallelGC"
 DRIVER_JAVA_OPTIONS = "spark.driver.extraJavaOptions"
+# Where else a collector may be chosen: a second choice stops the JVM ("Multiple garbage
+# collectors selected"), so any choice there leaves the user's alone.
+OTHER_JAVA_OPTIONS = ("spark.driver.defaultJavaOptions",)
+JAVA_OPTION_VARIABLES = ("JAVA_TOOL_OPTIONS", "_JAVA_OPTIONS", "JDK_JAVA_OPTIONS")
+CHOOSES_GC = re.compile(r"-XX:\+Use\w+GC\b")
 MIN_PYSPARK = (4, 0)  # is_valid_utf8, make_valid_utf8 and try_cast are Spark 4 functions
 NO_PYSPARK = "engine spark needs PySpark: pip install 'deepcvr[spark]'"
 
@@ -103,11 +108,15 @@ def spark_defaults_file() -> dict[str, str]:
 def local_java_options(settings: dict[str, str], master: str) -> dict[str, str]:
     """The driver JVM options a new local session gets: LOCAL_GC before the user's options
     (from `settings`, else spark-defaults.conf, which a builder setting would replace),
-    unless those already choose a collector. Nothing for a cluster master."""
+    unless the user chooses a collector anywhere (those options, the driver's default
+    options, the JVM's environment variables). Nothing for a cluster master."""
     if not master.startswith("local"):
         return {}
-    given = settings.get(DRIVER_JAVA_OPTIONS) or spark_defaults_file().get(DRIVER_JAVA_OPTIONS, "")
-    if re.search(r"-XX:\+Use\w+GC\b", given):
+    site = spark_defaults_file()
+    given = settings.get(DRIVER_JAVA_OPTIONS) or site.get(DRIVER_JAVA_OPTIONS, "")
+    elsewhere = [settings.get(k) or site.get(k, "") for k in OTHER_JAVA_OPTIONS]
+    elsewhere += [os.environ.get(name, "") for name in JAVA_OPTION_VARIABLES]
+    if any(CHOOSES_GC.search(options) for options in [given, *elsewhere]):
         return {}
     return {DRIVER_JAVA_OPTIONS: f"{LOCAL_GC} {given}".strip()}
 
