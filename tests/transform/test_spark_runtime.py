@@ -57,3 +57,26 @@ def test_local_java_options_keep_the_users_own(
     )
     monkeypatch.setenv("JAVA_TOOL_OPTIONS", "-Xss4m -XX:+UseG1GC")
     assert local_java_options({}, "local[2]") == {}
+
+
+def test_local_driver_memory_is_a_quarter_of_the_machine_unless_set(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+
+    from deepcvr.transform.spark_runtime import local_driver_memory
+
+    monkeypatch.delenv("SPARK_HOME", raising=False)
+    monkeypatch.delenv("SPARK_DRIVER_MEMORY", raising=False)
+    monkeypatch.delenv("SPARK_MEM", raising=False)
+    monkeypatch.setenv("SPARK_CONF_DIR", str(tmp_path))
+    quarter = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 4 // 2**30
+    expected = f"{min(8, max(1, quarter))}g"
+    assert local_driver_memory({}, "local[*]") == {"spark.driver.memory": expected}
+    assert local_driver_memory({"spark.driver.memory": "3g"}, "local[2]") == {}
+    assert local_driver_memory({}, "yarn") == {}  # the cluster's business
+    (tmp_path / "spark-defaults.conf").write_text("spark.driver.memory  5g\n")
+    assert local_driver_memory({}, "local[2]") == {}
+    (tmp_path / "spark-defaults.conf").unlink()
+    monkeypatch.setenv("SPARK_DRIVER_MEMORY", "2g")
+    assert local_driver_memory({}, "local[2]") == {}

@@ -46,6 +46,11 @@ DRIVER_JAVA_OPTIONS = "spark.driver.extraJavaOptions"
 OTHER_JAVA_OPTIONS = ("spark.driver.defaultJavaOptions",)
 JAVA_OPTION_VARIABLES = ("JAVA_TOOL_OPTIONS", "_JAVA_OPTIONS", "JDK_JAVA_OPTIONS")
 CHOOSES_GC = re.compile(r"-XX:\+Use\w+GC\b")
+# Spark's default heap is 1g, and in local mode that JVM holds the executors and their caches
+# too: a quarter of the machine's memory instead (1-8g). A warm run at 1 M impressions,
+# local[2]: 19.2 s at 1g, 18.0 s at 2g, 16.6 s at 6g (the caches no longer spill).
+DRIVER_MEMORY = "spark.driver.memory"
+LOCAL_MEMORY_GB = (1, 8)
 MIN_PYSPARK = (4, 0)  # is_valid_utf8, make_valid_utf8 and try_cast are Spark 4 functions
 NO_PYSPARK = "engine spark needs PySpark: pip install 'deepcvr[spark]'"
 
@@ -121,6 +126,24 @@ def local_java_options(settings: dict[str, str], master: str) -> dict[str, str]:
     return {DRIVER_JAVA_OPTIONS: f"{LOCAL_GC} {given}".strip()}
 
 
+def local_driver_memory(settings: dict[str, str], master: str) -> dict[str, str]:
+    """The heap of a new local session's JVM when the user sets none (settings,
+    spark-defaults.conf, SPARK_DRIVER_MEMORY or SPARK_MEM, which Spark's launcher reads): a
+    quarter of physical memory, 1-8g."""
+    if not master.startswith("local") or any(
+        os.environ.get(name) for name in ("SPARK_DRIVER_MEMORY", "SPARK_MEM")
+    ):
+        return {}
+    if DRIVER_MEMORY in settings or DRIVER_MEMORY in spark_defaults_file():
+        return {}
+    try:
+        physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):  # not POSIX: Spark's own default
+        return {}
+    low, high = LOCAL_MEMORY_GB
+    return {DRIVER_MEMORY: f"{min(high, max(low, physical // 4 // 2**30))}g"}
+
+
 def spark_session(settings: dict[str, str]) -> tuple[SparkSession, bool]:
     """The active session (runtime settings applied) or a new one; True when we created it.
 
@@ -150,7 +173,8 @@ def spark_session(settings: dict[str, str]) -> tuple[SparkSession, bool]:
     elif not os.environ.get("PYSPARK_GATEWAY_PORT"):  # under spark-submit, its --master rules
         builder = builder.master(DEFAULT_MASTER)
     if not os.environ.get("PYSPARK_GATEWAY_PORT"):  # else the JVM runs already
-        merged |= local_java_options(settings, settings.get("spark.master", DEFAULT_MASTER))
+        master = settings.get("spark.master", DEFAULT_MASTER)
+        merged |= local_java_options(settings, master) | local_driver_memory(settings, master)
     for key, value in merged.items():
         if key != "spark.master":
             builder = builder.config(key, value)
