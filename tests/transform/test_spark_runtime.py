@@ -23,6 +23,11 @@ def test_started_session_has_deepcvr_defaults(spark: Any) -> None:
 
 def test_started_local_session_collects_garbage_in_parallel(spark: Any) -> None:
     """The throughput collector, chosen for the local JVM that runs the tasks."""
+    from deepcvr.transform.spark_runtime import local_java_options
+    from tests.transform.conftest import SPARK_TEST_SETTINGS
+
+    if not local_java_options(SPARK_TEST_SETTINGS, SPARK_TEST_SETTINGS["spark.master"]):
+        pytest.skip("this environment chooses the JVM's collector itself (JAVA_TOOL_OPTIONS...)")
     beans = spark._jvm.java.lang.management.ManagementFactory.getGarbageCollectorMXBeans()
     assert {str(b.getName()) for b in beans} == {"PS Scavenge", "PS MarkSweep"}
 
