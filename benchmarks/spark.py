@@ -230,7 +230,9 @@ def timed(name: str, fn: Any, size: int, structures: int) -> Row:
     return row
 
 
-def session_settings(master: str, names: list[str], collector: str) -> dict[str, str]:
+def session_settings(
+    master: str, names: list[str], collector: str, driver_memory: str = "2g"
+) -> dict[str, str]:
     """The same session for every approach but its garbage collector: with `own`, the Spark
     engine gets deepcvr's local default (the throughput collector, spark_runtime.LOCAL_GC)
     and the references Spark's own default, Java's G1, as the original ran (the throughput
@@ -247,7 +249,7 @@ def session_settings(master: str, names: list[str], collector: str) -> dict[str,
         "spark.ui.enabled": "false",
         "spark.ui.showConsoleProgress": "false",
         "spark.sql.shuffle.partitions": "8",
-        "spark.driver.memory": "2g",
+        "spark.driver.memory": driver_memory,
     }
 
 
@@ -292,7 +294,9 @@ def run_rounds(
     spark = None
     if any(needs for needs, _ in runs.values()):
         start = time.perf_counter()
-        spark, _ = spark_session(session_settings(args.master, list(runs), args.collector))
+        spark, _ = spark_session(
+            session_settings(args.master, list(runs), args.collector, args.driver_memory)
+        )
         spark.sparkContext.setLogLevel("ERROR")
         beans = spark._jvm.java.lang.management.ManagementFactory.getGarbageCollectorMXBeans()
         gc = ", ".join(sorted(str(b.getName()) for b in beans))
@@ -317,7 +321,7 @@ def isolated(name: str, args: argparse.Namespace, size: int, n: int) -> tuple[Ro
     """One approach's rounds in a process (a JVM) of its own: (last round, peak tree RSS)."""
     cmd = [sys.executable, __file__, "--only", name, "--samples", str(args.samples)]
     cmd += ["--master", args.master, "--rounds", str(args.rounds), "--data-dir", str(args.data_dir)]
-    cmd += ["--collector", args.collector]
+    cmd += ["--collector", args.collector, "--driver-memory", args.driver_memory]
     m = run(name, cmd, size, n)
     result = [line for line in m.output.splitlines() if line.startswith(RESULT)]
     got = json.loads(result[-1][len(RESULT) :])
@@ -348,6 +352,12 @@ def main() -> None:
         default="own",
         help="JVM garbage collector: own = deepcvr's for its engine, Spark's default (G1) for "
         "the references; G1 or Parallel = that one for every approach",
+    )
+    parser.add_argument(
+        "--driver-memory",
+        default="2g",
+        help="spark.driver.memory of every approach (in local mode it holds the executors' "
+        "caches too)",
     )
     parser.add_argument("--only", help=argparse.SUPPRESS)  # one approach: a child of this script
     parser.add_argument(
