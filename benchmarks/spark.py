@@ -9,7 +9,8 @@ collector for all). Each approach runs in a process (a driver and a JVM) of its 
 --rounds times (default 2), and its fastest JVM-warm round (after the first) is reported,
 every round printed. Run in one JVM after the references (`--one-jvm`), the Spark engine's
 tasks took 15-30% more CPU (after the references' `toPandas`, ~10 GB in the driver), which a
-deepcvr job, alone in its JVM, does not pay. The references are allowed here only, as yardsticks:
+deepcvr job, alone in its JVM, does not pay. The references (references/spark_udfs.py) are
+allowed here only, as yardsticks:
 
 - "original": the approach the issue describes, a pandas grouped-map UDF (applyInPandas) whose
   body parses lines with a Python loop (like public Ali-CCP preprocessors), every line shipped
@@ -37,12 +38,12 @@ from pathlib import Path
 from typing import Any
 
 from measure import ROOT, run
+from references.spark_udfs import original_reference, vectorised_reference
 from transform import make_input
 
 sys.path.insert(0, str(ROOT / "src"))
 
 RESULT = "RESULT "  # the line a child run reports its fastest warm round on
-GROUPS = 64  # line buckets for the grouped-map UDF (each becomes one pandas frame)
 
 
 @dataclass
@@ -56,155 +57,6 @@ class Row:
     @property
     def mb_per_s(self) -> float:
         return self.input_bytes / 1e6 / self.seconds
-
-
-def _rowwise_features(kind: str) -> Any:
-    """The original UDF body: a Python loop over lines and structures (no validation)."""
-
-    def parse(pdf: Any) -> Any:
-        import pandas as pd
-
-        out = []
-        for line in pdf["value"]:
-            cols = line.split(",")
-            for pos, item in enumerate(cols[-1].split("\x01")):
-                _field, rest = item.split("\x02")
-                fid, value = rest.split("\x03")
-                out.append((cols[0], pos, int(fid), float(value)))
-        return pd.DataFrame(out, columns=["key", "position", "feature_id", "value"])
-
-    return parse
-
-
-def _rowwise_rows(pdf: Any) -> Any:
-    import pandas as pd
-
-    out = [(line.split(",")[0], int(line.split(",")[-2])) for line in pdf["value"]]
-    return pd.DataFrame(out, columns=["key", "num_features"])
-
-
-def original_reference(spark: Any, raw: Path, out: Path, arrow: bool) -> None:
-    """Grouped-map UDFs with a Python loop, results pulled to the driver, pandas writes.
-
-    `arrow`: toPandas through Arrow; off is Spark's default, as the original ran."""
-    from pyspark.sql import functions as F
-
-    spark.conf.set("spark.sql.execution.arrow.pyspark.enabled", str(arrow).lower())
-    out.mkdir(parents=True, exist_ok=True)
-    for name, kind in [
-        ("common_features_train.csv", "common"),
-        ("sample_skeleton_train.csv", "skeleton"),
-    ]:
-        lines = spark.read.text(str(raw / "train" / name)).withColumn(
-            "g", F.monotonically_increasing_id() % GROUPS
-        )
-        grouped = lines.groupBy("g")
-        feats = grouped.applyInPandas(
-            _rowwise_features(kind), "key string, position int, feature_id int, value double"
-        )
-        feats.toPandas().to_parquet(out / f"{kind}_features.parquet")
-        rows = grouped.applyInPandas(_rowwise_rows, "key string, num_features int")
-        rows.toPandas().to_parquet(out / f"{kind}_rows.parquet")
-
-
-def _parse_common(pdf: Any) -> Any:
-    import pandas as pd
-
-    parts = pdf["value"].str.split(",", n=2, expand=True)
-    items = parts[2].str.split("\x01").explode()
-    fields = items.str.split("[\x02\x03]", regex=True, expand=True)
-    return pd.DataFrame(
-        {
-            "split": "train",
-            "common_feature_index": parts[0].loc[items.index].to_numpy(),
-            "position": items.groupby(level=0).cumcount().astype("int16").to_numpy(),
-            "feature_id": fields[1].astype("int32").to_numpy(),
-            "value": fields[2].astype("float64").to_numpy(),
-        }
-    )
-
-
-def _parse_skeleton(pdf: Any) -> Any:
-    import pandas as pd
-
-    parts = pdf["value"].str.split(",", n=5, expand=True)
-    items = parts[5].str.split("\x01").explode()
-    fields = items.str.split("[\x02\x03]", regex=True, expand=True)
-    return pd.DataFrame(
-        {
-            "split": "train",
-            "sample_id": parts[0].loc[items.index].astype("int64").to_numpy(),
-            "position": items.groupby(level=0).cumcount().astype("int16").to_numpy(),
-            "feature_id": fields[1].astype("int32").to_numpy(),
-            "value": fields[2].astype("float64").to_numpy(),
-        }
-    )
-
-
-def _common_rows(pdf: Any) -> Any:
-    import pandas as pd
-
-    parts = pdf["value"].str.split(",", n=2, expand=True)
-    return pd.DataFrame(
-        {
-            "split": "train",
-            "common_feature_index": parts[0],
-            "num_features": parts[1].astype("int32"),
-        }
-    )
-
-
-def _skeleton_rows(pdf: Any) -> Any:
-    import pandas as pd
-
-    p = pdf["value"].str.split(",", n=5, expand=True)
-    return pd.DataFrame(
-        {
-            "split": "train",
-            "sample_id": p[0].astype("int64"),
-            "click": p[1].astype("int8"),
-            "conversion": p[2].astype("int8"),
-            "common_feature_index": p[3],
-            "num_features": p[4].astype("int32"),
-        }
-    )
-
-
-def vectorised_reference(spark: Any, raw: Path, out: Path) -> None:
-    """Grouped-map UDFs with pandas string methods; Spark writes the Parquet."""
-    from pyspark.sql import functions as F
-
-    jobs = [
-        (
-            "common_features_train.csv",
-            _common_rows,
-            "split string, common_feature_index string, num_features int",
-            _parse_common,
-            "split string, common_feature_index string, position short, feature_id int, "
-            "value double",
-            ("common_feature_group", "common_feature"),
-        ),
-        (
-            "sample_skeleton_train.csv",
-            _skeleton_rows,
-            "split string, sample_id long, click byte, conversion byte, "
-            "common_feature_index string, num_features int",
-            _parse_skeleton,
-            "split string, sample_id long, position short, feature_id int, value double",
-            ("sample", "sample_feature"),
-        ),
-    ]
-    for name, rows_fn, rows_schema, feats_fn, feats_schema, tables in jobs:
-        lines = spark.read.text(str(raw / "train" / name)).withColumn(
-            "g", F.monotonically_increasing_id() % GROUPS
-        )
-        grouped = lines.groupBy("g")
-        grouped.applyInPandas(rows_fn, rows_schema).write.mode("overwrite").parquet(
-            str(out / tables[0])
-        )
-        grouped.applyInPandas(feats_fn, feats_schema).write.mode("overwrite").parquet(
-            str(out / tables[1])
-        )
 
 
 def tree_cpu() -> float:
@@ -366,7 +218,7 @@ def main() -> None:
     args = parser.parse_args()
 
     # The references' Python workers must use this interpreter (pandas, pyarrow), and import
-    # their UDFs from this file.
+    # their UDFs from references/spark_udfs.py.
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ["PYTHONPATH"] = os.pathsep.join(
         p for p in (str(Path(__file__).parent), os.environ.get("PYTHONPATH")) if p

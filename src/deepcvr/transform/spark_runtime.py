@@ -110,14 +110,16 @@ def spark_defaults_file() -> dict[str, str]:
     return found
 
 
-def local_java_options(settings: dict[str, str], master: str) -> dict[str, str]:
+def local_java_options(
+    settings: dict[str, str], master: str, site: dict[str, str] | None = None
+) -> dict[str, str]:
     """The driver JVM options a new local session gets: LOCAL_GC before the user's options
-    (from `settings`, else spark-defaults.conf, which a builder setting would replace),
+    (from `settings`, else `site`, spark-defaults.conf, which a builder setting would replace),
     unless the user chooses a collector anywhere (those options, the driver's default
     options, the JVM's environment variables). Nothing for a cluster master."""
     if not master.startswith("local"):
         return {}
-    site = spark_defaults_file()
+    site = spark_defaults_file() if site is None else site
     given = settings.get(DRIVER_JAVA_OPTIONS) or site.get(DRIVER_JAVA_OPTIONS, "")
     elsewhere = [settings.get(k) or site.get(k, "") for k in OTHER_JAVA_OPTIONS]
     elsewhere += [os.environ.get(name, "") for name in JAVA_OPTION_VARIABLES]
@@ -126,15 +128,18 @@ def local_java_options(settings: dict[str, str], master: str) -> dict[str, str]:
     return {DRIVER_JAVA_OPTIONS: f"{LOCAL_GC} {given}".strip()}
 
 
-def local_driver_memory(settings: dict[str, str], master: str) -> dict[str, str]:
-    """The heap of a new local session's JVM when the user sets none (settings,
+def local_driver_memory(
+    settings: dict[str, str], master: str, site: dict[str, str] | None = None
+) -> dict[str, str]:
+    """The heap of a new local session's JVM when the user sets none (settings, `site`
     spark-defaults.conf, SPARK_DRIVER_MEMORY or SPARK_MEM, which Spark's launcher reads): a
     quarter of physical memory, 1-8g."""
     if not master.startswith("local") or any(
         os.environ.get(name) for name in ("SPARK_DRIVER_MEMORY", "SPARK_MEM")
     ):
         return {}
-    if DRIVER_MEMORY in settings or DRIVER_MEMORY in spark_defaults_file():
+    site = spark_defaults_file() if site is None else site
+    if DRIVER_MEMORY in settings or DRIVER_MEMORY in site:
         return {}
     try:
         physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
@@ -174,7 +179,9 @@ def spark_session(settings: dict[str, str]) -> tuple[SparkSession, bool]:
         builder = builder.master(DEFAULT_MASTER)
     if not os.environ.get("PYSPARK_GATEWAY_PORT"):  # else the JVM runs already
         master = settings.get("spark.master", DEFAULT_MASTER)
-        merged |= local_java_options(settings, master) | local_driver_memory(settings, master)
+        site = spark_defaults_file()
+        merged |= local_java_options(settings, master, site)
+        merged |= local_driver_memory(settings, master, site)
     for key, value in merged.items():
         if key != "spark.master":
             builder = builder.config(key, value)
