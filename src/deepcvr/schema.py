@@ -220,6 +220,13 @@ MODEL: tuple[Table, ...] = (
     SAMPLE_FEATURE,
 )
 TABLES: dict[str, Table] = {t.name: t for t in (*MODEL, REJECTS)}
+# Each raw file's tables (its kind: aliccp's common or skeleton file): a row per line, a row
+# per loaded structure.
+ROW_TABLE = {"common": COMMON_FEATURE_GROUP.name, "skeleton": SAMPLE.name}
+FEATURE_TABLE = {"common": COMMON_FEATURE.name, "skeleton": SAMPLE_FEATURE.name}
+# Written last into a split's Parquet directory by either engine: the sign of a complete split
+# (its accounting), which loaders and the quality report read.
+MANIFEST = "_manifest.json"
 
 
 def primary_key_clause(table: Table) -> str:

@@ -10,9 +10,7 @@ import pyarrow.parquet as pq
 
 from deepcvr.aliccp import SPLITS
 from deepcvr.errors import DataError
-from deepcvr.schema import MODEL, REJECTS, Table
-
-MANIFEST = "_manifest.json"
+from deepcvr.schema import MANIFEST, MODEL, REJECTS, Table
 
 
 @dataclass(frozen=True)

@@ -21,15 +21,13 @@ from deepcvr.quality.sources import (
     file_kind,
     raw_skeleton,
 )
-from deepcvr.schema import MODEL
+from deepcvr.schema import FEATURE_TABLE, MODEL, ROW_TABLE
 
 Level = Literal["error", "warning"]
 
 # The flag of a kept line whose declared feature_num differs from its structures; the
 # difference lives only in the detail text written by the parser.
 MISMATCH_DETAIL = r"declared (-?[0-9]+) structures, found ([0-9]+)"
-ROW_TABLE = {"skeleton": "sample", "common": "common_feature_group"}
-FEATURE_TABLE = {"skeleton": "sample_feature", "common": "common_feature"}
 
 
 @dataclass

@@ -18,10 +18,10 @@ import duckdb
 from deepcvr.aliccp import common_name, raw_files, skeleton_name, split_dir
 from deepcvr.errors import ConfigError, TargetError
 from deepcvr.metadata import STORE_DIR, STORE_FILE, MetadataStore
+from deepcvr.schema import MANIFEST
 
 log = logging.getLogger("deepcvr")
 
-MANIFEST = "_manifest.json"
 LOAD_OP = "load.database"
 RUNS_SEARCHED = 200  # how far back in history a default target or accounting is looked for
 

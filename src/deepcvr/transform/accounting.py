@@ -35,8 +35,8 @@ def parquet_rows(paths: list[Any]) -> int:
 
 
 def account_split(state: SplitState, options: TransformOptions) -> dict[str, Any]:
+    from deepcvr.schema import FEATURE_TABLE, ROW_TABLE
     from deepcvr.transform.chunks import part_path
-    from deepcvr.transform.state import FEATURE_TABLE, ROW_TABLE
 
     files: dict[str, dict[str, Any]] = {}
     problems: list[str] = []

@@ -33,6 +33,7 @@ from deepcvr.aliccp import (
 from deepcvr.errors import DataError
 from deepcvr.fsutil import atomic_file, remove_temp_leftovers
 from deepcvr.progress import progress
+from deepcvr.schema import MANIFEST
 from deepcvr.transform.chunks import (
     ChunkSpec,
     RawSource,
@@ -44,12 +45,7 @@ from deepcvr.transform.chunks import (
 from deepcvr.transform.postpass import merge_features, redo_duplicates, resolve_feature_conflicts
 from deepcvr.transform.reasons import Kind
 from deepcvr.transform.registry import FeatureRegistry
-from deepcvr.transform.state import (
-    MANIFEST,
-    SETTINGS,
-    SplitState,
-    TransformOptions,
-)
+from deepcvr.transform.state import SETTINGS, SplitState, TransformOptions
 from deepcvr.transform.workers import ChunkRunner
 
 log = logging.getLogger("deepcvr")

@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from deepcvr import __version__
+from deepcvr.schema import FEATURE_TABLE, ROW_TABLE
 from deepcvr.transform.accounting import COUNTERS
-from deepcvr.transform.state import FEATURE_TABLE, ROW_TABLE
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame

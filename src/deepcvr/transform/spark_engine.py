@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from deepcvr.aliccp import FIELDS, SPLITS, common_name, skeleton_name
 from deepcvr.errors import ConfigError, DataError
+from deepcvr.schema import FEATURE_TABLE, MANIFEST, ROW_TABLE
 from deepcvr.transform import spark_accounting as A
 from deepcvr.transform.spark_accounting import Kind
 from deepcvr.transform.spark_runtime import (
@@ -31,7 +32,6 @@ from deepcvr.transform.spark_runtime import (
     spark_session,
     temp_sibling,
 )
-from deepcvr.transform.state import FEATURE_TABLE, MANIFEST, ROW_TABLE
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession

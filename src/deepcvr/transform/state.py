@@ -10,11 +10,8 @@ from typing import Any
 from deepcvr.transform.chunks import ChunkSpec, ChunkVerdicts, RawSource
 from deepcvr.transform.reasons import Kind
 
-MANIFEST = "_manifest.json"
 SETTINGS = "_settings.json"
 COMMON_INDEX = "_common_index.parquet"
-ROW_TABLE = {"common": "common_feature_group", "skeleton": "sample"}
-FEATURE_TABLE = {"common": "common_feature", "skeleton": "sample_feature"}
 
 
 @dataclass
