@@ -12,7 +12,7 @@ import pytest
 from deepcvr.errors import TargetError
 from deepcvr.load import mysql_target
 from deepcvr.load.database import load
-from tests.load import conftest as cases
+from tests.load import server_cases as cases
 from tests.load.conftest import Server
 
 pytestmark = pytest.mark.mariadb

@@ -11,7 +11,7 @@ from typing import Any
 import polars as pl
 import pytest
 
-from deepcvr.errors import ConfigError, DataError
+from deepcvr.errors import DataError
 from deepcvr.synth import generate
 from deepcvr.transform import parse as P
 from deepcvr.transform.engine import TransformOptions, transform
@@ -357,47 +357,6 @@ def test_pipeline_op_with_spark_settings(spark: Any, raw: Path, tmp_path: Path) 
     spark.conf.set("spark.sql.shuffle.partitions", "4")
 
 
-def test_missing_pyspark_is_a_one_line_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    from deepcvr.transform.spark_engine import spark_session
-
-    monkeypatch.setitem(sys.modules, "pyspark", None)  # import pyspark -> ImportError
-    with pytest.raises(ConfigError) as err:
-        spark_session({})
-    assert str(err.value) == "engine spark needs PySpark: pip install 'deepcvr[spark]'"
-
-
-def test_missing_java_is_a_one_line_config_error(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
-    from deepcvr.transform.spark_engine import check_java
-
-    monkeypatch.delenv("PYSPARK_GATEWAY_PORT", raising=False)
-    monkeypatch.delenv("JAVA_HOME", raising=False)
-    monkeypatch.setenv("PATH", str(tmp_path))
-    with pytest.raises(ConfigError, match="needs Java") as err:
-        check_java()
-    assert "\n" not in str(err.value)
-    monkeypatch.setenv("JAVA_HOME", str(tmp_path))
-    with pytest.raises(ConfigError, match=r"JAVA_HOME=.* has no bin/java"):
-        check_java()
-
-
-def test_settings_must_be_spark_keys() -> None:
-    pytest.importorskip("pyspark")
-    from deepcvr.transform.spark_engine import spark_session
-
-    with pytest.raises(ConfigError, match="spark settings must be spark"):
-        spark_session({"master": "local[2]"})
-
-
-def test_locations_keep_uris_and_absolutise_paths(tmp_path: Path) -> None:
-    from deepcvr.transform.spark_engine import location
-
-    assert location("s3a://bucket/raw/") == "s3a://bucket/raw"
-    assert location("hdfs://nn:8020/x") == "hdfs://nn:8020/x"
-    assert location(tmp_path) == tmp_path.resolve().as_uri()
-
-
 def test_a_later_split_keeps_the_decisions_of_a_finished_one(
     spark: Any, raw: Path, local_out: Path, tmp_path: Path
 ) -> None:
@@ -459,75 +418,3 @@ def test_spark_submit_of_the_entry_script(spark: Any, tmp_path: Path) -> None:
     output = (failed.stdout + failed.stderr).splitlines()
     errors = [line for line in output if line.startswith("error: ")]
     assert len(errors) == 1 and "no raw files" in errors[0], failed.stdout[-2000:]
-
-
-def test_structure_checks_read_tokens_as_polars_does(spark: Any) -> None:
-    """The byte-comparison guards, the field-code chain and the '1.0' shortcut of the Spark
-    parse agree with the local engine's Polars casts on awkward ids, values and fields:
-    bytes Spark's casts trim (NUL, tab, space, CR, DEL) at either end, signs, exponents, Java
-    suffixes and hex floats, overflow, NaN and infinities."""
-    from pyspark.sql import functions as F
-
-    from deepcvr.transform import spark_structures as T
-    from deepcvr.transform.spark_sql import local_frame
-    from deepcvr.transform.structures import _explode
-
-    ids = ["7", "+7", "-7", "0", "07", " 7", "7 ", "\x007", "7\x00", "\x7f7", "7\x7f", "\t7"]
-    ids += ["7\r", "2147483647", "2147483648", "7.0", "7e1", "x7", "7x", "é7", "7é", ""]
-    values = ["1.0", "1", "+1.0", "-1.5", ".5", "5.", "1e3", "1E-3", "5.e3", "1.00", " 1.0"]
-    values += ["1.0 ", "1.0\x00", "\x001.0", "1.0\x7f", "\x7f1.0", "1.0\r", "1.0d", "1.0f", "0x1p3"]
-    values += ["NaN", "nan", "inf", "-Infinity", "1e400", ",5", "/5", "5/", ".", "é", ""]
-    fields = ["101", "110_14", "853", "301", "0101", "110_1", "1é1", "", "301 ", "10"]
-    tokens = [f"101\x02{i}\x03{v}" for i in ids for v in values]
-    tokens += [f"{f}\x027\x031.0" for f in fields] + ["garbage", "101\x027", "101\x027\x031\x03"]
-    # Shapes around a known and an unknown field name: doubled, misplaced and missing parts.
-    for f in ("101", "110_14", "999"):
-        tokens += [f"{f}\x02\x027\x031.0", f"{f}\x027\x03\x031.0", f"{f}\x03\x027\x031.0"]
-        tokens += [f"{f}\x02\x031.0", f"{f}\x027\x03", f"{f}\x027\x031.0\x02", f"{f}\x027"]
-        tokens += [f"{f}\x027\x031.0\x03", f"{f}x\x027\x031.0", f"{f}", f"\x02{f}\x027\x031.0"]
-    prefix = "0123456789abcdef,1,"
-    lists = ["\x01".join(tokens[i : i + 3]) for i in range(0, len(tokens), 3)]
-    rows = [(n + 1, prefix + fl, len(prefix) + 1, prefix[:16]) for n, fl in enumerate(lists)]
-    lines = local_frame(spark, rows, ("line", "text", "fl_start", "idx"), None).withColumn(
-        "reason", F.lit(None).cast("string")
-    )
-    got = pl.DataFrame(
-        [r.asDict() for r in T.structures(lines, "common").collect()],
-        schema={
-            "line": pl.Int64,
-            "position": pl.Int16,
-            "code": pl.Int8,
-            "feature_id": pl.Int32,
-            "value": pl.Float64,
-            "rcode": pl.Int8,
-        },
-        strict=False,
-    )
-    expected = _explode(
-        pl.DataFrame(
-            {
-                "key": [r[3] for r in rows],
-                "line": [r[0] for r in rows],
-                "byte_offset": [0] * len(rows),
-                "feature_list": lists,
-            }
-        )
-    )
-    codes = {reason: i + 1 for i, reason in enumerate(T.STRUCTURE_REASONS)}
-    expected = expected.select(
-        pl.col("line").cast(pl.Int64),
-        pl.col("position").cast(pl.Int16),
-        pl.col("field_code").cast(pl.Int8).alias("code"),
-        "feature_id",
-        "value",
-        pl.col("reason").replace_strict(codes, default=0, return_dtype=pl.Int8).alias("rcode"),
-    )
-    assert got.height == expected.height == len(tokens)
-    joined = got.join(expected, on=["line", "position"], suffix="_local")
-    assert joined.filter(pl.col("rcode") != pl.col("rcode_local")).is_empty(), joined.filter(
-        pl.col("rcode") != pl.col("rcode_local")
-    )
-    valid = joined.filter(pl.col("rcode") == 0)
-    for name in ("code", "feature_id", "value"):
-        assert (valid[name] == valid[f"{name}_local"]).all(), name
-    assert valid.height > 30 and set(joined["rcode"]) == {0, 1, 2, 3, 4}

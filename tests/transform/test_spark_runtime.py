@@ -1,11 +1,15 @@
-"""Sessions deepcvr starts get its defaults unless the settings say otherwise."""
+"""Sessions deepcvr starts get its defaults unless the settings say otherwise; a missing
+PySpark or Java, a setting that is not Spark's, and a location are each one clear line."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from deepcvr.errors import ConfigError
 
 pytestmark = pytest.mark.spark
 
@@ -85,3 +89,44 @@ def test_local_driver_memory_is_a_quarter_of_the_machine_unless_set(
     (tmp_path / "spark-defaults.conf").unlink()
     monkeypatch.setenv("SPARK_DRIVER_MEMORY", "2g")
     assert local_driver_memory({}, "local[2]") == {}
+
+
+def test_missing_pyspark_is_a_one_line_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    from deepcvr.transform.spark_engine import spark_session
+
+    monkeypatch.setitem(sys.modules, "pyspark", None)  # import pyspark -> ImportError
+    with pytest.raises(ConfigError) as err:
+        spark_session({})
+    assert str(err.value) == "engine spark needs PySpark: pip install 'deepcvr[spark]'"
+
+
+def test_missing_java_is_a_one_line_config_error(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from deepcvr.transform.spark_engine import check_java
+
+    monkeypatch.delenv("PYSPARK_GATEWAY_PORT", raising=False)
+    monkeypatch.delenv("JAVA_HOME", raising=False)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(ConfigError, match="needs Java") as err:
+        check_java()
+    assert "\n" not in str(err.value)
+    monkeypatch.setenv("JAVA_HOME", str(tmp_path))
+    with pytest.raises(ConfigError, match=r"JAVA_HOME=.* has no bin/java"):
+        check_java()
+
+
+def test_settings_must_be_spark_keys() -> None:
+    pytest.importorskip("pyspark")
+    from deepcvr.transform.spark_engine import spark_session
+
+    with pytest.raises(ConfigError, match="spark settings must be spark"):
+        spark_session({"master": "local[2]"})
+
+
+def test_locations_keep_uris_and_absolutise_paths(tmp_path: Path) -> None:
+    from deepcvr.transform.spark_engine import location
+
+    assert location("s3a://bucket/raw/") == "s3a://bucket/raw"
+    assert location("hdfs://nn:8020/x") == "hdfs://nn:8020/x"
+    assert location(tmp_path) == tmp_path.resolve().as_uri()
