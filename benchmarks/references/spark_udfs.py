@@ -61,38 +61,32 @@ def original_reference(spark: Any, raw: Path, out: Path, arrow: bool) -> None:
         rows.toPandas().to_parquet(out / f"{kind}_rows.parquet")
 
 
-def _parse_common(pdf: Any) -> Any:
+def _features(pdf: Any, leading: int, key: str, key_type: str | None) -> Any:
+    """Feature rows of a file whose feature list follows `leading` comma-separated columns,
+    the first of which is the key."""
     import pandas as pd
 
-    parts = pdf["value"].str.split(",", n=2, expand=True)
-    items = parts[2].str.split("\x01").explode()
+    parts = pdf["value"].str.split(",", n=leading, expand=True)
+    items = parts[leading].str.split("\x01").explode()
     fields = items.str.split("[\x02\x03]", regex=True, expand=True)
+    keys = parts[0].loc[items.index]
     return pd.DataFrame(
         {
             "split": "train",
-            "common_feature_index": parts[0].loc[items.index].to_numpy(),
+            key: (keys if key_type is None else keys.astype(key_type)).to_numpy(),
             "position": items.groupby(level=0).cumcount().astype("int16").to_numpy(),
             "feature_id": fields[1].astype("int32").to_numpy(),
             "value": fields[2].astype("float64").to_numpy(),
         }
     )
+
+
+def _parse_common(pdf: Any) -> Any:
+    return _features(pdf, 2, "common_feature_index", None)
 
 
 def _parse_skeleton(pdf: Any) -> Any:
-    import pandas as pd
-
-    parts = pdf["value"].str.split(",", n=5, expand=True)
-    items = parts[5].str.split("\x01").explode()
-    fields = items.str.split("[\x02\x03]", regex=True, expand=True)
-    return pd.DataFrame(
-        {
-            "split": "train",
-            "sample_id": parts[0].loc[items.index].astype("int64").to_numpy(),
-            "position": items.groupby(level=0).cumcount().astype("int16").to_numpy(),
-            "feature_id": fields[1].astype("int32").to_numpy(),
-            "value": fields[2].astype("float64").to_numpy(),
-        }
-    )
+    return _features(pdf, 5, "sample_id", "int64")
 
 
 def _common_rows(pdf: Any) -> Any:
