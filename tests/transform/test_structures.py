@@ -97,3 +97,16 @@ def test_a_cross_chunk_verdict_sends_the_chunk_to_the_exact_path(
     normal, exact, _ = _both_paths(data, context, monkeypatch)
     _assert_same(normal, exact)
     assert normal["rejects"].get_column("reason").to_list() == ["feature_field_conflict"]
+
+
+def test_feature_pairs_are_distinct_and_sorted_by_id_then_field() -> None:
+    ids = [7, 3, 7, 10_000_000, 3, 1, 7, 3]
+    codes = [2, 5, 2, 0, 4, 22, 1, 5]  # id 3 under two fields, id 7 twice under field 2
+    got = structures.feature_pairs(
+        pl.DataFrame(
+            {"feature_id": ids, "field_code": codes},
+            schema={"feature_id": pl.Int32, "field_code": pl.UInt8},
+        )
+    )
+    assert got.schema == pl.Schema({"feature_id": pl.Int32, "field_code": pl.UInt8})
+    assert list(got.iter_rows()) == sorted(set(zip(ids, codes, strict=True)))
