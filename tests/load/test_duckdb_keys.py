@@ -17,8 +17,13 @@ from deepcvr.schema import TABLES
 from tests.load.test_duckdb import _with_extra_rows, parquet  # noqa: F401  (the module fixture)
 
 
+@pytest.mark.parametrize("proof", ["bits", "groups"])
 @pytest.mark.parametrize("where", ["first", "middle", "last"])
-def test_uniqueness_proof_in_ranges_finds_a_duplicate_anywhere(where: str) -> None:
+def test_uniqueness_proof_in_ranges_finds_a_duplicate_anywhere(
+    where: str, proof: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if proof == "groups":
+        monkeypatch.setattr(duckdb_keys, "unique_by_bits", lambda *args: None)
     con = duckdb.connect()
     con.execute(
         "CREATE TABLE sf AS SELECT CASE WHEN i % 2 = 0 THEN 'train' ELSE 'test' END AS split, "
@@ -26,10 +31,11 @@ def test_uniqueness_proof_in_ranges_finds_a_duplicate_anywhere(where: str) -> No
         "FROM range(5000) t(i)"
     )
     table = TABLES["sample_feature"]
-    assert proves_unique(con, table, "sf", max_rows=300)  # 17 ranges, all unique
+    # In ranges: 17 of 300 rows each (groups), or 10 of 50 sample ids x 10 positions (bits).
+    assert proves_unique(con, table, "sf", max_rows=300, max_bits=500)
     sample_id = {"first": 0, "middle": 250, "last": 499}[where]
     con.execute(f"INSERT INTO sf SELECT * FROM sf WHERE sample_id = {sample_id} LIMIT 1")
-    assert not proves_unique(con, table, "sf", max_rows=300)
+    assert not proves_unique(con, table, "sf", max_rows=300, max_bits=500)
     assert not proves_unique(con, table, "sf")  # one range
 
 
@@ -64,6 +70,56 @@ def test_position_bitmask_proof_agrees_with_group_by() -> None:
         assert (found == 0) == (exact == 0), rows_list
         verdicts.add(exact == 0)
     assert verdicts == {True, False}
+
+
+def test_bitstring_uniqueness_proof_agrees_with_group_by() -> None:
+    """Set bits equal rows exactly when (split, sample_id, position) is unique: negative ids
+    and positions, equal keys in different splits, in one range or many."""
+    table = TABLES["sample_feature"]
+    con = duckdb.connect()
+    rng = random.Random(11)
+    verdicts = set()
+    for _ in range(60):
+        rows = sorted(
+            {
+                (rng.choice(["train", "test"]), rng.randrange(-5, 40), rng.randrange(-3, 70))
+                for _ in range(rng.randrange(1, 60))
+            }
+        )
+        if rng.random() < 0.5:
+            rows.append(rng.choice(rows))
+        con.execute(
+            "CREATE OR REPLACE TABLE sf (split VARCHAR, sample_id BIGINT, position SMALLINT, "
+            "feature_id INTEGER, value DOUBLE)"
+        )
+        con.executemany("INSERT INTO sf VALUES (?, ?, ?, 1, 1.0)", rows)
+        exact = con.execute(
+            "SELECT count(*) FROM (SELECT 1 FROM sf GROUP BY split, sample_id, position "
+            "HAVING count(*) > 1)"
+        ).fetchone()[0]
+        max_bits = rng.choice([100_000, 300, 80])  # one range, or several
+        assert duckdb_keys.unique_by_bits(con, table, "sf", max_bits) == (exact == 0), rows
+        verdicts.add(exact == 0)
+    assert verdicts == {True, False}
+
+
+def test_bitstring_uniqueness_proof_declines_other_keys() -> None:
+    con = duckdb.connect()
+    con.execute(
+        "CREATE TABLE sf AS SELECT 'train' AS split, i * 1000 AS sample_id, "
+        "0::SMALLINT AS position, 1 AS feature_id, 1.0 AS value FROM range(100) t(i)"
+    )
+    con.execute("CREATE TABLE f AS SELECT i AS feature_id, '101' AS field_id FROM range(9) t(i)")
+    con.execute(
+        "CREATE TABLE cf AS SELECT 'train' AS split, '0123456789abcdef' AS "
+        "common_feature_index, 0::SMALLINT AS position, 1 AS feature_id, 1.0 AS value"
+    )
+    assert duckdb_keys.unique_by_bits(con, TABLES["feature"], "f", 1000) is None  # one column
+    assert duckdb_keys.unique_by_bits(con, TABLES["common_feature"], "cf", 1000) is None  # text
+    # Ids 0..99,000 at 1,000 bits per range: 100 range queries, more than the grouped proof costs.
+    assert duckdb_keys.unique_by_bits(con, TABLES["sample_feature"], "sf", 1000) is None
+    assert duckdb_keys.unique_by_bits(con, TABLES["sample_feature"], "sf", 10_000) is True
+    assert proves_unique(con, TABLES["sample_feature"], "sf", max_bits=1000)  # grouped instead
 
 
 def _orphans(con: duckdb.DuckDBPyConnection, child: str, parent: str, on: str) -> int:

@@ -16,6 +16,7 @@ def count_rows(con: duckdb.DuckDBPyConnection, select: str) -> int:
     return int(con.execute(f"SELECT count(*) FROM ({select})").fetchone()[0])  # type: ignore[index]
 
 
+BITSTRING_MAX_BITS = 1 << 27  # 16 MB per bitstring (Ali-CCP's ids span ~10 M, sample ids ~43 M)
 SCREEN_ROWS = 50_000_000  # rows per uniqueness query: bounds its memory at full scale
 
 
@@ -42,10 +43,67 @@ def duplicates_sql(table: Table, name: str) -> str:
 
 
 def proves_unique(
-    con: duckdb.DuckDBPyConnection, table: Table, name: str, max_rows: int = SCREEN_ROWS
+    con: duckdb.DuckDBPyConnection,
+    table: Table,
+    name: str,
+    max_rows: int = SCREEN_ROWS,
+    max_bits: int | None = None,
 ) -> bool:
-    """True if `duplicates_sql` finds no repeated key; False means "duplicates, or cannot
-    tell": the exact GROUP BY query then counts them.
+    """True if the key is shown unique (`unique_by_bits` where it applies, else
+    `duplicates_sql`); False means "duplicates, or cannot tell": the exact GROUP BY query then
+    counts them."""
+    by_bits = unique_by_bits(con, table, name, max_bits or BITSTRING_MAX_BITS)
+    if by_bits is not None:
+        return by_bits
+    return _unique_by_groups(con, table, name, max_rows)
+
+
+MAX_BIT_RANGES = 64  # beyond this many range queries, the grouped proof is cheaper
+
+
+def unique_by_bits(
+    con: duckdb.DuckDBPyConnection, table: Table, name: str, max_bits: int
+) -> bool | None:
+    """Whether a key ending in two integer columns (`sample_id, position`) is unique, by
+    bitstrings; None if the key is not of that shape or its ranges are too sparse.
+
+    Each row sets bit (lead - lo) x width + (last - min) of its group's (`split`'s) bitstring:
+    the key is unique exactly when every group has as many set bits as rows. No hashing: 0.48 s
+    instead of 1.39 s for the bitmask GROUP BY over 52 M `sample_feature` rows. The lead
+    column's range is cut so that no bitstring exceeds `max_bits`."""
+    if len(table.primary_key) < 2:
+        return None
+    *group, lead, last = table.primary_key
+    types = {c.name: c.type for c in table.columns}
+    if not (types[lead] in INTEGER_TYPES and types[last] in INTEGER_TYPES):
+        return None
+    lead_lo, lead_hi, lo, hi = con.execute(
+        f"SELECT min({lead}), max({lead}), min({last}), max({last}) FROM {name}"
+    ).fetchone()  # type: ignore[misc]
+    if lead_lo is None:
+        return True  # no rows
+    width = hi - lo + 1
+    per_range = max_bits // width
+    if not per_range or -(-(lead_hi - lead_lo + 1) // per_range) > MAX_BIT_RANGES:
+        return None
+    by = f" GROUP BY {', '.join(group)}" if group else ""
+    for start in range(lead_lo, lead_hi + 1, per_range):
+        end = min(start + per_range, lead_hi + 1)
+        bit = f"({lead} - {start}) * {width} + ({last} - {lo})"
+        missing = con.execute(
+            f"SELECT coalesce(sum(n - b), 0) FROM (SELECT count(*) AS n, "
+            f"bit_count(bitstring_agg({bit}, 0, {(end - start) * width - 1})) AS b "
+            f"FROM {name} WHERE {lead} >= {start} AND {lead} < {end}{by})"
+        ).fetchone()[0]  # type: ignore[index]
+        if missing:
+            return False
+    return True
+
+
+def _unique_by_groups(
+    con: duckdb.DuckDBPyConnection, table: Table, name: str, max_rows: int
+) -> bool:
+    """True if `duplicates_sql` finds no repeated key.
 
     A table above `max_rows` is checked in ranges of the key's leading column (boundaries from a
     sample), so no single query holds a billion groups; Ali-CCP's files are sorted by that
@@ -73,9 +131,6 @@ def proves_unique(
         if con.execute(sql.format(where=where), params).fetchone()[0]:  # type: ignore[index]
             return False
     return True
-
-
-BITSTRING_MAX_BITS = 1 << 27  # 16 MB per bitstring (Ali-CCP's ids span ~10 M, sample ids ~43 M)
 
 
 def proves_references(
