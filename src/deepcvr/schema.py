@@ -102,6 +102,21 @@ SQL_TYPES: dict[str, dict[str, str]] = {
     },
 }
 
+# Storage hints, by dialect: DuckDB chooses a compression for each column segment by trying
+# every method on its data; naming the one it picks anyway on Ali-CCP (checked with
+# pragma_storage_info) skips the trials: the long tables' bulk inserts take 10-15 % less time
+# for the same file size. Text is left to DuckDB.
+COMPRESSION: dict[str, dict[str, str]] = {
+    "duckdb": {
+        "split": "rle",
+        "int8": "bitpacking",
+        "int16": "bitpacking",
+        "int32": "bitpacking",
+        "int64": "bitpacking",
+        "float64": "alp",
+    },
+}
+
 FIELD = Table(
     "field",
     (
@@ -249,8 +264,12 @@ def create_table_sql(
 ) -> str:
     """CREATE TABLE for `dialect`; keys are normally added after the bulk load (DuckDB, which
     cannot add foreign keys later, passes the ones to enforce here)."""
-    types = SQL_TYPES[dialect]
-    cols = [f"{c.name} {types[c.type]}{'' if c.nullable else ' NOT NULL'}" for c in table.columns]
+    types, compression = SQL_TYPES[dialect], COMPRESSION.get(dialect, {})
+    cols = [
+        f"{c.name} {types[c.type]}{'' if c.nullable else ' NOT NULL'}"
+        + (f" USING COMPRESSION {compression[c.type]}" if c.type in compression else "")
+        for c in table.columns
+    ]
     if with_keys and table.keyable:
         cols.append(primary_key_clause(table))
     cols += [foreign_key_clause(fk) for fk in foreign_keys]

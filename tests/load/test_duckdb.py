@@ -11,6 +11,7 @@ import pytest
 
 from deepcvr.errors import DataError, TargetError
 from deepcvr.load.database import load
+from deepcvr.schema import TABLES, create_table_sql
 from deepcvr.synth import generate
 from deepcvr.transform.engine import TransformOptions, transform
 from tests.helpers import REAL_COMMON, read_raw, rebuild
@@ -61,6 +62,33 @@ def test_keys_and_foreign_keys_exist(parquet: tuple[Path, Path], tmp_path: Path)
         con.close()
         con = duckdb.connect(str(db))
         con.execute("INSERT INTO sample_feature VALUES ('train', 987654321, 0, 1, 1.0)")
+
+
+def test_numeric_columns_are_stored_with_the_named_compression(tmp_path: Path) -> None:
+    """The schema names DuckDB's compression for numbers and the split, so DuckDB runs no
+    trials per segment: long runs, which it would store as RLE left to itself (and the
+    alternating split as bitpacking), are stored with the named methods."""
+    con = duckdb.connect(str(tmp_path / "d.duckdb"))
+    con.execute(create_table_sql(TABLES["sample_feature"], "duckdb"))
+    con.execute(
+        "INSERT INTO sample_feature SELECT CASE WHEN i % 2 = 0 THEN 'train' ELSE 'test' END, "
+        "i // 5000, (i // 7000) % 3, i // 4000, ((i // 3000) % 2)::DOUBLE FROM range(300000) t(i)"
+    )
+    con.execute("CHECKPOINT")
+    used = dict(
+        con.execute(
+            "SELECT column_name, list(DISTINCT lower(compression)) FROM "
+            "pragma_storage_info('sample_feature') WHERE segment_type <> 'VALIDITY' GROUP BY 1"
+        ).fetchall()
+    )
+    assert used == {
+        "split": ["rle"],
+        "sample_id": ["bitpacking"],
+        "position": ["bitpacking"],
+        "feature_id": ["bitpacking"],
+        "value": ["alp"],
+    }
+    assert "COMPRESSION" not in create_table_sql(TABLES["sample_feature"], "mysql")
 
 
 def test_large_tables_get_keys_verified_by_query(
