@@ -68,8 +68,8 @@ def unique_by_bits(
     bitstrings; None if the key is not of that shape or its ranges are too sparse.
 
     Each row sets bit (lead - lo) x width + (last - min) of its group's (`split`'s) bitstring:
-    the key is unique exactly when every group has as many set bits as rows. No hashing: 0.48 s
-    instead of 1.39 s for the bitmask GROUP BY over 52 M `sample_feature` rows. The lead
+    the key is unique exactly when every group has as many set bits as rows. No hashing: 0.6 s
+    instead of 1.1 s for the grouped proof over 52 M `sample_feature` rows in a load. The lead
     column's range is cut so that no bitstring exceeds `max_bits`."""
     if len(table.primary_key) < 2:
         return None
