@@ -39,6 +39,27 @@ def test_uniqueness_proof_in_ranges_finds_a_duplicate_anywhere(
     assert not proves_unique(con, table, "sf")  # one range
 
 
+def _duplicated_keys(
+    con: duckdb.DuckDBPyConnection,
+    name: str,
+    key: tuple[str, str, str],
+    lead_type: str,
+    rows: list[tuple[object, ...]],
+) -> int:
+    """Fill a long table `name` keyed (split, lead, position) with `rows`; return how many keys
+    repeat, by the exact GROUP BY the proofs stand in for."""
+    split, lead, position = key
+    con.execute(
+        f"CREATE OR REPLACE TABLE {name} ({split} VARCHAR, {lead} {lead_type}, "
+        f"{position} SMALLINT, feature_id INTEGER, value DOUBLE)"
+    )
+    con.executemany(f"INSERT INTO {name} VALUES (?, ?, ?, 1, 1.0)", rows)
+    cols = ", ".join(key)
+    return con.execute(
+        f"SELECT count(*) FROM (SELECT 1 FROM {name} GROUP BY {cols} HAVING count(*) > 1)"
+    ).fetchone()[0]
+
+
 def test_position_bitmask_proof_agrees_with_group_by() -> None:
     """The bitmask query is 0 exactly when the key is unique, across 64-position blocks,
     negative positions and equal positions under different lines or splits."""
@@ -57,15 +78,9 @@ def test_position_bitmask_proof_agrees_with_group_by() -> None:
         rows_list = sorted(rows)
         if rng.random() < 0.5:  # repeat one key, sometimes across a block edge's neighbours
             rows_list.append(rng.choice(rows_list))
-        con.execute(
-            "CREATE OR REPLACE TABLE cf (split VARCHAR, common_feature_index VARCHAR, "
-            "position SMALLINT, feature_id INTEGER, value DOUBLE)"
+        exact = _duplicated_keys(
+            con, "cf", ("split", "common_feature_index", "position"), "VARCHAR", rows_list
         )
-        con.executemany("INSERT INTO cf VALUES (?, ?, ?, 1, 1.0)", rows_list)
-        exact = con.execute(
-            "SELECT count(*) FROM (SELECT 1 FROM cf GROUP BY split, common_feature_index, "
-            "position HAVING count(*) > 1)"
-        ).fetchone()[0]
         found = con.execute(sql).fetchone()[0]
         assert (found == 0) == (exact == 0), rows_list
         verdicts.add(exact == 0)
@@ -88,15 +103,7 @@ def test_bitstring_uniqueness_proof_agrees_with_group_by() -> None:
         )
         if rng.random() < 0.5:
             rows.append(rng.choice(rows))
-        con.execute(
-            "CREATE OR REPLACE TABLE sf (split VARCHAR, sample_id BIGINT, position SMALLINT, "
-            "feature_id INTEGER, value DOUBLE)"
-        )
-        con.executemany("INSERT INTO sf VALUES (?, ?, ?, 1, 1.0)", rows)
-        exact = con.execute(
-            "SELECT count(*) FROM (SELECT 1 FROM sf GROUP BY split, sample_id, position "
-            "HAVING count(*) > 1)"
-        ).fetchone()[0]
+        exact = _duplicated_keys(con, "sf", ("split", "sample_id", "position"), "BIGINT", rows)
         max_bits = rng.choice([100_000, 300, 80])  # one range, or several
         assert duckdb_keys.unique_by_bits(con, table, "sf", max_bits) == (exact == 0), rows
         verdicts.add(exact == 0)
