@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from deepcvr import rawio
 from deepcvr.errors import DataError
-from deepcvr.extract import decompress as dmod
 from deepcvr.extract import gz
 from deepcvr.extract.decompress import DecompressResult, decompress, find_archives
 
@@ -284,14 +284,10 @@ def test_output_not_writable(tmp_path):
 
 
 def test_disk_full(tmp_path, monkeypatch):
-    class Full(io.RawIOBase):
-        def writable(self) -> bool:
-            return True
+    def full(self, data) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
 
-        def write(self, b) -> int:
-            raise OSError(errno.ENOSPC, "No space left on device")
-
-    monkeypatch.setattr(dmod, "open", lambda *a, **k: Full(), raising=False)
+    monkeypatch.setattr(rawio.DirectWriter, "write", full)
     raw_root = tmp_path / "raw"
     msg = fail(make_archive(tmp_path), raw_root, "no space left on device writing")
     assert str(raw_root / "train") in msg

@@ -10,7 +10,8 @@ from __future__ import annotations
 import errno
 import logging
 import tarfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO
@@ -21,6 +22,7 @@ from deepcvr.errors import DataError
 from deepcvr.extract.gz import GZIP_ERRORS, GZIP_MAGIC, compressed_position, open_gzip
 from deepcvr.fsutil import atomic_dir
 from deepcvr.progress import progress
+from deepcvr.rawio import DirectWriter
 
 log = logging.getLogger("deepcvr")
 
@@ -223,27 +225,26 @@ def _check_member(archive: Path, member: tarfile.TarInfo, dest: Path) -> None:
 
 
 def _copy(archive: Path, src: BinaryIO, dest: Path, shown: Path, tick: Callable[[], None]) -> int:
-    """Stream one member to `dest` in BLOCK-sized pieces; output errors name `shown`."""
-    n = 0
-    try:
-        # Unbuffered, so close() has nothing left to flush and cannot fail with a second error.
-        out = open(dest, "wb", buffering=0)  # noqa: SIM115 - closed by the `with` below
-    except OSError as e:
-        raise _write_error(archive, shown, e) from None
-    with out:  # read errors from `src` propagate untouched: the caller classifies them
+    """Stream one member to `dest`, past the page cache (the transform reads it once, later);
+    output errors name `shown`. Read errors from `src` propagate untouched: the caller
+    classifies them."""
+    with _output_errors(archive, shown):
+        out = DirectWriter(dest)
+    with out:
         while chunk := src.read(BLOCK):
             cancel.check()  # Ctrl-C: the atomic output directory is removed on the way out
-            view = memoryview(chunk)
-            while view:  # a raw write may be partial
-                view = view[_write(out, view, archive, shown) :]
-            n += len(chunk)
+            with _output_errors(archive, shown):
+                out.write(chunk)
             tick()
-    return n
+        with _output_errors(archive, shown):
+            out.finish()
+    return out.size
 
 
-def _write(out: BinaryIO, data: memoryview, archive: Path, shown: Path) -> int:
+@contextmanager
+def _output_errors(archive: Path, shown: Path) -> Iterator[None]:
     try:
-        return out.write(data)
+        yield
     except OSError as e:
         raise _write_error(archive, shown, e) from None
 
