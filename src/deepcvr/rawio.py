@@ -14,6 +14,7 @@ import errno
 import mmap
 import os
 import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 # O_DIRECT needs the buffer, the file offset and the length aligned to the device's logical
@@ -23,17 +24,22 @@ DIRECT_BLOCK = 8 << 20  # bytes per direct write: large writes keep the device s
 
 
 class DirectWriter:
-    """Writes a stream to a new file with O_DIRECT through one reused, page-aligned buffer.
+    """Writes a stream to a new file with O_DIRECT, through two reused, page-aligned buffers:
+    one fills while a thread writes the other, so the device works while the caller computes
+    (a direct write returns only once the device has the data).
 
     Where the file system refuses O_DIRECT (tmpfs, some network file systems) it writes through
-    the page cache as any file would; `direct` says which. Errors are the OSErrors of os.write."""
+    the page cache as any file would; `direct` says which. Errors are the OSErrors of os.write,
+    raised by a later `write` or by `finish`."""
 
     def __init__(self, path: Path) -> None:
         flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
         self.direct = hasattr(os, "O_DIRECT")
         self.size = 0
         self._fill = 0
-        self._buf: mmap.mmap | None = None
+        self._bufs: list[mmap.mmap] = []
+        self._writing: list[Future[None] | None] = [None, None]
+        self._pool: ThreadPoolExecutor | None = None
         if self.direct:
             try:
                 self._fd = os.open(path, flags | os.O_DIRECT, 0o644)
@@ -44,26 +50,38 @@ class DirectWriter:
         if not self.direct:
             self._fd = os.open(path, flags, 0o644)
         else:
-            self._buf = mmap.mmap(-1, DIRECT_BLOCK)
+            self._bufs = [mmap.mmap(-1, DIRECT_BLOCK), mmap.mmap(-1, DIRECT_BLOCK)]
+            self._pool = ThreadPoolExecutor(1, thread_name_prefix="direct-write")
 
     def write(self, data: bytes | memoryview) -> None:
         view = memoryview(data)
         self.size += len(view)
-        if self._buf is None:
+        if not self._bufs:
             _write_all(self._fd, view)
             return
         while view:
             n = min(len(view), DIRECT_BLOCK - self._fill)
-            self._buf[self._fill : self._fill + n] = view[:n]
+            if not self._fill:
+                self._wait(0)  # the write of this buffer's previous block
+            self._bufs[0][self._fill : self._fill + n] = view[:n]
             self._fill += n
             view = view[n:]
             if self._fill == DIRECT_BLOCK:
-                self._flush(DIRECT_BLOCK)
+                assert self._pool is not None
+                self._writing[0] = self._pool.submit(self._write_block, self._bufs[0], DIRECT_BLOCK)
+                self._bufs.reverse()
+                self._writing.reverse()
+                self._fill = 0
 
-    def _flush(self, length: int) -> None:
-        """Write the first `length` bytes of the buffer (a multiple of ALIGN) and empty it."""
-        assert self._buf is not None
-        with memoryview(self._buf)[:length] as block:
+    def _wait(self, which: int) -> None:
+        pending = self._writing[which]
+        self._writing[which] = None
+        if pending is not None:
+            pending.result()
+
+    def _write_block(self, buf: mmap.mmap, length: int) -> None:
+        """Write the first `length` bytes of `buf` (a multiple of ALIGN)."""
+        with memoryview(buf)[:length] as block:
             try:
                 n = os.write(self._fd, block)
             except OSError as e:
@@ -73,22 +91,28 @@ class DirectWriter:
             if n < length:  # short or refused: the rest goes through the page cache
                 self.direct = _plain(self._fd)
                 _write_all(self._fd, block[n:])
-        self._fill = 0
 
     def finish(self) -> None:
         """Write what is left: the last block padded to ALIGN, then the file cut to size."""
-        if self._buf is not None and self._fill:
+        if not self._bufs:
+            return
+        for which in (0, 1):  # the blocks submitted, written in order by the one thread
+            self._wait(which)
+        if self._fill:
             padded = -(-self._fill // ALIGN) * ALIGN
-            self._buf[self._fill : padded] = bytes(padded - self._fill)
-            self._flush(padded)
+            self._bufs[0][self._fill : padded] = bytes(padded - self._fill)
+            self._write_block(self._bufs[0], padded)
             os.ftruncate(self._fd, self.size)
 
     def close(self) -> None:
         """Close the file (after `finish`, or on an error, leaving it incomplete)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)  # no write may land after the file is gone
+            self._pool = None
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
-        self._buf = None  # unmapped once no view of it is left (an error's traceback may hold one)
+        self._bufs = []  # unmapped once no view is left (an error's traceback may hold one)
 
     def __enter__(self) -> DirectWriter:
         return self
