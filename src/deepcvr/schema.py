@@ -13,6 +13,8 @@ class Column:
     type: str  # a logical type, a key of ARROW_TYPES / SQL_TYPES
     nullable: bool = False
     description: str = ""
+    # Values come in long runs (a parent's key down its child rows): a storage hint.
+    runs: bool = False
 
 
 @dataclass(frozen=True)
@@ -116,6 +118,19 @@ COMPRESSION: dict[str, dict[str, str]] = {
         "float64": "alp",
     },
 }
+# A column in runs gets RLE where the type would get bitpacking: sample_feature's sample_id
+# (~22 rows per sample) inserts 10 % faster (2.9-3.4 s against 3.3-3.7 s at 4 M impressions),
+# for a 13 % larger table (bitpacking's delta mode packs the runs tighter).
+RUNS_COMPRESSION: dict[str, str] = {"duckdb": "rle"}
+
+
+def compression_of(column: Column, dialect: str) -> str | None:
+    """The compression to name for `column` in `dialect`, or None to leave it to the database."""
+    by_type = COMPRESSION.get(dialect, {}).get(column.type)
+    if by_type == "bitpacking" and column.runs:
+        return RUNS_COMPRESSION.get(dialect, by_type)
+    return by_type
+
 
 FIELD = Table(
     "field",
@@ -195,7 +210,7 @@ SAMPLE_FEATURE = Table(
     "sample_feature",
     (
         Column("split", "split"),
-        Column("sample_id", "int64"),
+        Column("sample_id", "int64", runs=True),
         Column("position", "int16", description="0-based place of the structure in its raw list"),
         Column("feature_id", "int32"),
         Column("value", "float64"),
@@ -264,10 +279,10 @@ def create_table_sql(
 ) -> str:
     """CREATE TABLE for `dialect`; keys are normally added after the bulk load (DuckDB, which
     cannot add foreign keys later, passes the ones to enforce here)."""
-    types, compression = SQL_TYPES[dialect], COMPRESSION.get(dialect, {})
+    types = SQL_TYPES[dialect]
     cols = [
         f"{c.name} {types[c.type]}{'' if c.nullable else ' NOT NULL'}"
-        + (f" USING COMPRESSION {compression[c.type]}" if c.type in compression else "")
+        + (f" USING COMPRESSION {method}" if (method := compression_of(c, dialect)) else "")
         for c in table.columns
     ]
     if with_keys and table.keyable:
