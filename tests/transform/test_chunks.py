@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import duckdb
 import polars as pl
 import pyarrow.parquet as pq
 import pytest
@@ -49,3 +50,42 @@ def test_a_missing_split_is_not_hidden_by_the_dictionary_shortcut(tmp_path: Path
     """A null among equal values must not be written as the value (the column is NOT NULL)."""
     with pytest.raises(Exception, match="with null values to non-nullable"):
         write_frame(_sample_features(["train", None]), "sample_feature", tmp_path / "p", "snappy")
+
+
+def test_long_tables_are_written_with_encodings_that_fit_their_columns(tmp_path: Path) -> None:
+    """Keys in runs and positions counting up as deltas, values in a dictionary, uncompressed;
+    read back row for row, by Polars and by DuckDB."""
+    n = 50_000
+    frame = pl.DataFrame(
+        {
+            "split": ["train"] * n,
+            "sample_id": [i // 20 for i in range(n)],
+            "position": [i % 20 for i in range(n)],
+            "feature_id": [(i * 7919) % 100_003 for i in range(n)],
+            "value": [[1.0, 0.69315, 1.09861][i % 3] for i in range(n)],
+        },
+        schema=_sample_features([]).schema,
+    )
+    part = tmp_path / "part.parquet"
+    write_frame(frame, "sample_feature", part, "snappy")
+    row_group = pq.ParquetFile(part).metadata.row_group(0)
+    columns = {row_group.column(i).path_in_schema: row_group.column(i) for i in range(5)}
+    for name in ("sample_id", "position"):
+        assert "DELTA_BINARY_PACKED" in columns[name].encodings
+    assert columns["value"].has_dictionary_page
+    assert not columns["feature_id"].has_dictionary_page  # ids are many: plain
+    assert {c.compression for c in columns.values()} == {"UNCOMPRESSED"}
+    assert pl.read_parquet(part).equals(frame)
+    loaded = duckdb.sql(f"SELECT * FROM read_parquet('{part}')").pl()
+    assert loaded.sort("sample_id", "position").equals(frame)
+
+
+def test_other_tables_keep_the_asked_compression(tmp_path: Path) -> None:
+    part = tmp_path / "part.parquet"
+    frame = pl.DataFrame(
+        {"feature_id": [3, 4], "field_id": ["101", "205"]},
+        schema={"feature_id": pl.Int32, "field_id": pl.String},
+    )
+    write_frame(frame, "feature", part, "zstd")
+    row_group = pq.ParquetFile(part).metadata.row_group(0)
+    assert {row_group.column(i).compression for i in range(2)} == {"ZSTD"}

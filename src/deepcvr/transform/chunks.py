@@ -211,6 +211,21 @@ def read_range(spec: ChunkSpec) -> bytes:
         return f.read(spec.length)
 
 
+# The long tables (a row per structure: nearly all the bytes) are written with encodings that
+# fit their columns, and no compression on top: a key repeated down a sample's structures and a
+# position counting up are deltas of 0 and 1, and values are few (log counts) and go in a
+# dictionary. Against snappy over plain pages, per 8 MB chunk (CPU ms, median of 21 runs): a
+# sample_feature part takes 17.7 ms to write against 19.2 and 7.8 ms for DuckDB to read against
+# 9.7, and is 9 % smaller; a common_feature part 13.6 and 5.1 ms against 13.9 and 5.5, 27 %
+# smaller.
+DELTA = "DELTA_BINARY_PACKED"
+LONG_TABLES: dict[str, dict[str, str]] = {
+    "sample_feature": {"sample_id": DELTA, "position": DELTA},
+    "common_feature": {"position": DELTA},
+}
+DICTIONARY_NUMBERS = ("value",)
+
+
 def write_frame(frame: pl.DataFrame, table: str, path: Path, compression: str) -> None:
     """Write a part; a table of the model gets exactly its schema from `deepcvr.schema` (the one
     definition the loaders' DDL also comes from), side tables keep Polars' types."""
@@ -219,14 +234,25 @@ def write_frame(frame: pl.DataFrame, table: str, path: Path, compression: str) -
             path, compression=compression, statistics=True, row_group_size=ROW_GROUP_ROWS
         )
         return
-    write_arrow(_arrow_table(frame, TABLES[table].arrow_schema()), path, compression)
+    data = _arrow_table(frame, TABLES[table].arrow_schema())
+    if table in LONG_TABLES:
+        write_arrow(data, path, "none", LONG_TABLES[table], DICTIONARY_NUMBERS)
+    else:
+        write_arrow(data, path, compression)
 
 
-def write_arrow(data: pa.Table, path: Path, compression: str) -> None:
+def write_arrow(
+    data: pa.Table,
+    path: Path,
+    compression: str,
+    encodings: dict[str, str] | None = None,
+    dictionary: tuple[str, ...] = (),
+) -> None:
     """Write a part already in the model's Arrow types; a text column may come dictionary-coded
-    (its pages are then written from the dictionary, without hashing a value per row)."""
-    # Dictionary pages only for the text columns (a split name or a group key repeats down a
-    # part); numbers are written plain: a dictionary attempt on every id and value made a
+    (its pages are then written from the dictionary, without hashing a value per row).
+    `encodings`: column -> Parquet encoding; `dictionary`: other columns to dictionary-encode."""
+    # Dictionary pages for the text columns (a split name or a group key repeats down a part);
+    # numbers are written plain unless named: a dictionary attempt on every id and value made a
     # sample_feature part 40 % slower to write and 10 % larger.
     texts = [
         f.name for f in data.schema if pa.types.is_string(f.type) or pa.types.is_dictionary(f.type)
@@ -235,7 +261,8 @@ def write_arrow(data: pa.Table, path: Path, compression: str) -> None:
         data,
         path,
         compression=compression,
-        use_dictionary=texts,
+        use_dictionary=[*texts, *dictionary],
+        column_encoding=encodings,
         write_statistics=True,
         row_group_size=ROW_GROUP_ROWS,
         # The file's own (Parquet) types are the model's; no Arrow schema in the footer, so a
@@ -256,8 +283,10 @@ def _arrow_table(frame: pl.DataFrame, schema: pa.Schema, constant: str = "split"
     rest = pa.schema([f for f in schema if f.name != constant])
     data = frame.select(rest.names).to_arrow().cast(rest)
     # Built through Polars: pa.array() would import pandas (0.2 s per worker) to rule it out.
+    # 8-bit indices: the writer's statistics look for the values used among the indices, which
+    # Arrow does without hashing for 8-bit ones (3 % of the time to write a sample_feature part).
     one = pa.DictionaryArray.from_arrays(
-        pl.zeros(frame.height, pl.Int32, eager=True).to_arrow(),
+        pl.zeros(frame.height, pl.Int8, eager=True).to_arrow(),
         pl.Series([first], dtype=pl.String).to_arrow().cast(pa.string()),
     )
     return data.add_column(at, schema.field(at).with_type(one.type), one)
