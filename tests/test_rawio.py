@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import errno
 import os
+import pickle
 import random
 
 import pytest
 
 from deepcvr import rawio
-from deepcvr.rawio import ALIGN, DirectWriter, RangeReader, read_bytes
+from deepcvr.rawio import ALIGN, DirectWriter, RangeReader, SharedSlots, read_bytes
 
 
 @pytest.fixture
@@ -163,3 +164,36 @@ def test_read_bytes_reuses_the_threads_buffer(sample_file):
     kept = rawio._thread.buffer
     assert read_bytes(path, ALIGN + 7, 2 * ALIGN) == data[ALIGN + 7 : 3 * ALIGN + 7]
     assert rawio._thread.buffer is kept
+
+
+def test_shared_slots_hand_bytes_to_another_process(tmp_path):
+    """What the parent reads into a slot, a worker process copies out through /proc."""
+    import subprocess
+    import sys
+
+    slots = SharedSlots(2, 3 * ALIGN)
+    if not slots.available:
+        pytest.skip("no memfd or /proc here: workers read their chunks themselves")
+    taken = [slots.take(), slots.take()]
+    assert None not in taken and slots.take() is None  # all in use
+    (index, buffer), _ = taken
+    payload = random.Random(4).randbytes(2 * ALIGN + 17)
+    buffer[100 : 100 + len(payload)] = payload
+    shared = slots.share(index, 100, len(payload))
+    code = (
+        "import pickle, sys; shared = pickle.loads(sys.stdin.buffer.read()); "
+        "sys.stdout.buffer.write(shared.read())"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], input=pickle.dumps(shared), capture_output=True, check=True
+    )
+    assert out.stdout == payload
+    slots.give_back(index)
+    assert slots.take() == (index, buffer)
+    slots.close()
+
+
+def test_no_slots_where_memfd_is_missing(monkeypatch):
+    monkeypatch.delattr(os, "memfd_create", raising=False)
+    slots = SharedSlots(4, ALIGN)
+    assert not slots.available and slots.take() is None

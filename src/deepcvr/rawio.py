@@ -15,6 +15,7 @@ import mmap
 import os
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 # O_DIRECT needs the buffer, the file offset and the length aligned to the device's logical
@@ -205,3 +206,64 @@ def read_bytes(path: str, start: int, length: int) -> bytes:
         buffer, offset, n = reader.read(start, length)
         _thread.buffer = reader.buffer
         return buffer[offset : offset + n]
+
+
+@dataclass(frozen=True)
+class SharedBytes:
+    """Bytes of a chunk the parent read into one of its shared slots (a memfd), for a worker to
+    copy out: the chunk comes off the device once, goes through no page cache and no pipe, and
+    the worker does not wait for the device."""
+
+    pid: int
+    fd: int
+    offset: int
+    length: int
+    slot: int
+
+    def read(self) -> bytes:
+        with open(f"/proc/{self.pid}/fd/{self.fd}", "rb", buffering=0) as f:
+            parts, at, end = [], self.offset, self.offset + self.length
+            while at < end and (part := os.pread(f.fileno(), end - at, at)):
+                parts.append(part)
+                at += len(part)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+class SharedSlots:
+    """Page-aligned buffers in memfds that the chunk planner reads chunks into, one per chunk in
+    flight; a slot is given back when its chunk's result is in. Linux only (memfd, /proc): where
+    either is missing there are no slots and workers read their chunks themselves."""
+
+    def __init__(self, count: int, chunk_bytes: int) -> None:
+        self.size = _span(ALIGN - 1, chunk_bytes)  # a chunk at any offset in its first block
+        self._count = count
+        self._maps: list[mmap.mmap] = []
+        self._fds: list[int] = []
+        self._free: list[int] = []
+        self.available = hasattr(os, "memfd_create") and os.path.isdir(f"/proc/{os.getpid()}/fd")
+
+    def take(self) -> tuple[int, mmap.mmap] | None:
+        """A free slot (index, buffer), or None when all are in use or there are none."""
+        if not self.available:
+            return None
+        if not self._free and len(self._maps) < self._count:
+            fd = os.memfd_create("deepcvr-chunk", os.MFD_CLOEXEC)
+            os.ftruncate(fd, self.size)
+            self._fds.append(fd)
+            self._maps.append(mmap.mmap(fd, self.size))
+            self._free.append(len(self._maps) - 1)
+        if not self._free:
+            return None
+        slot = self._free.pop()
+        return slot, self._maps[slot]
+
+    def share(self, slot: int, offset: int, length: int) -> SharedBytes:
+        return SharedBytes(os.getpid(), self._fds[slot], offset, length, slot)
+
+    def give_back(self, slot: int) -> None:
+        self._free.append(slot)
+
+    def close(self) -> None:
+        for fd in self._fds:
+            os.close(fd)
+        self._maps, self._fds, self._free = [], [], []

@@ -9,8 +9,9 @@ import polars as pl
 import pyarrow.parquet as pq
 import pytest
 
+from deepcvr.rawio import SharedBytes, SharedSlots
 from deepcvr.schema import TABLES
-from deepcvr.transform.chunks import write_frame
+from deepcvr.transform.chunks import RawSource, plan_chunks, read_range, write_frame
 
 
 def _sample_features(splits: list[str | None]) -> pl.DataFrame:
@@ -89,3 +90,27 @@ def test_other_tables_keep_the_asked_compression(tmp_path: Path) -> None:
     write_frame(frame, "feature", part, "zstd")
     row_group = pq.ParquetFile(part).metadata.row_group(0)
     assert {row_group.column(i).compression for i in range(2)} == {"ZSTD"}
+
+
+@pytest.mark.parametrize("chunk_bytes", [1, 50, 4096 + 3, 10**6])
+def test_planner_hands_chunks_over_in_shared_slots(tmp_path: Path, chunk_bytes: int) -> None:
+    """Chunks the planner read into a slot are the file's bytes; a chunk whose line outgrew
+    the read (shorter chunks than a line) comes without, and its worker reads it."""
+    rows = [f"{i},{i % 2},0,{'a' * (i % 97)}\n".encode() for i in range(3000)]
+    path = tmp_path / "sample_skeleton_train.csv"
+    data = b"".join(rows) + b"9,1,0,no newline at the end"
+    path.write_bytes(data)
+    slots = SharedSlots(3, chunk_bytes)
+    if not slots.available:
+        pytest.skip("no memfd or /proc here")
+    seen = b""
+    for spec, handle in plan_chunks(RawSource(str(path)), "train", "skeleton", chunk_bytes, slots):
+        expected = data[spec.start : spec.start + spec.length]
+        assert (handle is not None) == (spec.length <= chunk_bytes)
+        if handle is not None:
+            assert isinstance(handle, SharedBytes) and handle.read() == expected
+            slots.give_back(handle.slot)
+        assert read_range(spec) == expected
+        seen += expected
+    assert seen == data
+    slots.close()

@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from deepcvr.fsutil import atomic_file
-from deepcvr.rawio import RangeReader, read_bytes
+from deepcvr.rawio import RangeReader, SharedBytes, SharedSlots, read_bytes
 from deepcvr.schema import TABLES
 from deepcvr.transform.parse import ChunkContext, Kind, parse_chunk, sorted_index_numbers
 
@@ -93,32 +93,41 @@ class ChunkVerdicts:
 
 
 def plan_chunks(
-    source: RawSource, split: str, kind: Kind, chunk_bytes: int
-) -> Iterator[tuple[ChunkSpec, bytes | None]]:
+    source: RawSource,
+    split: str,
+    kind: Kind,
+    chunk_bytes: int,
+    slots: SharedSlots | None = None,
+) -> Iterator[tuple[ChunkSpec, bytes | SharedBytes | None]]:
     """Yield line-aligned chunks of about `chunk_bytes`, in file order.
 
     A chunk ends after the last newline within its first `chunk_bytes` bytes (a longer line makes
     a longer chunk); the file's end closes the last one. Counting newlines on the way gives
     every chunk the number of its first line. A file on disk yields no bytes (None): the worker
-    reads its own range, so chunks are not copied through the parent process. An archive member
-    can only be read as one stream, so its chunks come with their bytes.
+    reads its own range, so chunks are not copied through the parent process; or, with `slots`,
+    the slot the planner read the chunk into (given back by the caller once the chunk is done).
+    An archive member can only be read as one stream, so its chunks come with their bytes.
     """
     if source.member is None:
-        yield from _plan_file(source, split, kind, chunk_bytes)
+        yield from _plan_file(source, split, kind, chunk_bytes, slots)
         return
     with source.open() as f:
         yield from _plan_stream(f, source, split, kind, chunk_bytes)
 
 
 def _plan_file(
-    source: RawSource, split: str, kind: Kind, chunk_bytes: int
-) -> Iterator[tuple[ChunkSpec, None]]:
+    source: RawSource, split: str, kind: Kind, chunk_bytes: int, slots: SharedSlots | None
+) -> Iterator[tuple[ChunkSpec, SharedBytes | None]]:
     size = os.path.getsize(source.path)
     is_newline = np.empty(min(chunk_bytes, size), dtype=bool)  # reused: no fresh pages per chunk
     line, seq, pos = 1, 0, 0
-    # Read past the page cache, into one buffer: the worker reads its chunk again, later.
+    # Read past the page cache, into a slot a worker copies the chunk from, or else into one
+    # buffer (the worker then reads its chunk again).
     with RangeReader(source.path, min(chunk_bytes, size)) as reader:
+        own = reader.buffer
         while pos < size:
+            slot = slots.take() if slots is not None else None
+            reader.buffer = slot[1] if slot is not None else own
             buf, off, n = reader.read(pos, min(chunk_bytes, size - pos))
             block = np.frombuffer(buf, dtype=np.uint8, count=n, offset=off)
             # Counts 2.5x faster than bytes.count.
@@ -139,9 +148,19 @@ def _plan_file(
                     newlines += last_is_newline
                     if not got:
                         break
+            shared = None
+            if slot is None:
+                own = reader.buffer  # grown, for a long line
+            else:
+                # A chunk longer than the read (its last line went on) is not all in the slot,
+                # nor one read into a larger buffer than the slot.
+                if end - pos <= n and buf is slot[1]:
+                    shared = slots.share(slot[0], off, end - pos)  # type: ignore[union-attr]
+                else:
+                    slots.give_back(slot[0])  # type: ignore[union-attr]
             yield (
                 ChunkSpec(split, kind, source.path, None, seq, pos, end - pos, line, end == size),
-                None,
+                shared,
             )
             line += newlines + (0 if last_is_newline else 1)
             pos = end
@@ -309,12 +328,14 @@ def run_chunk(
     common_index_file: str | None = None,
     verdicts: ChunkVerdicts | None = None,
     compression: str = "snappy",
-    data: bytes | None = None,
+    data: bytes | SharedBytes | None = None,
 ) -> dict[str, Any]:
     """Parse one chunk and write its parts; returns the chunk's accounting stats."""
     out = Path(out_split)
     if data is None:
         data = read_range(spec)
+    elif isinstance(data, SharedBytes):
+        data = data.read()
     common_indexes = None
     if common_index_file is not None:
         st = os.stat(common_index_file)

@@ -67,7 +67,7 @@ def transform(
     _writable(out_dir)
     wanted = list(sources)
     start = time.monotonic()
-    runner = runner or ChunkRunner(options.workers)
+    runner = runner or ChunkRunner(options.workers, options.chunk_bytes)
     registry = FeatureRegistry()
     _preload_other_splits(registry, out_dir, wanted)
     states = []
@@ -212,10 +212,12 @@ def _run_kind(
     total = None if source.member else os.path.getsize(source.path)
 
     def jobs(advance: Callable[[int], None]) -> Iterator[tuple[ChunkSpec, tuple[Any, ...]]]:
-        for spec, data in plan_chunks(source, state.split, kind, options.chunk_bytes):
+        planned = plan_chunks(source, state.split, kind, options.chunk_bytes, runner.slots)
+        for spec, data in planned:
             state.specs[kind].append(spec)
             done = read_manifest(state.out, spec)
             if done is not None:
+                runner.give_back(data)
                 state.stats[spec.name] = done
                 state.resumed += 1
                 merge_features(state, spec, registry)

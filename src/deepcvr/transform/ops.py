@@ -54,7 +54,9 @@ def transform_op(ctx: OpContext, params: TransformParams) -> dict[str, Any]:
         from deepcvr.transform.workers import ChunkRunner
 
         # Started before the engine is imported: the workers load the same modules meanwhile.
-        runner = ChunkRunner(params.workers or os.cpu_count() or 1)
+        runner = ChunkRunner(
+            params.workers or os.cpu_count() or 1, max(1, int(params.chunk_mb * 1_000_000))
+        )
     try:
         from deepcvr.transform.engine import run_transform
 

@@ -14,6 +14,7 @@ from multiprocessing import get_context
 from typing import TYPE_CHECKING, Any
 
 from deepcvr import cancel
+from deepcvr.rawio import SharedBytes, SharedSlots
 
 if TYPE_CHECKING:  # the chunk code (Polars, Arrow) loads in the workers, not before they start
     from deepcvr.transform.chunks import ChunkSpec
@@ -41,10 +42,13 @@ class ChunkRunner:
     caller that creates the runner first has them ready while it loads its own modules and plans
     the first chunks."""
 
-    def __init__(self, workers: int) -> None:
+    def __init__(self, workers: int, chunk_bytes: int = 8 << 20) -> None:
         self.workers = workers
         self.pool: ProcessPoolExecutor | None = None
         self._exiting: threading.Thread | None = None
+        # Where the planner reads the chunks of files for the workers: one per chunk in flight
+        # (see run), plus the one being read. Inline, the chunk code reads its own.
+        self.slots: SharedSlots | None = None
         if workers > 1:
             # Spawned workers get a fresh Polars thread pool sized so workers x threads = cores;
             # forking a process that already runs Polars threads can deadlock.
@@ -69,6 +73,7 @@ class ChunkRunner:
                 # start now, while the variables are set, and import in parallel to the caller.
                 for _ in range(workers):
                     self.pool.submit(_noop, 0)
+                self.slots = SharedSlots(2 * workers + 2, chunk_bytes)
             finally:
                 sys.modules["__main__"] = main
                 for name, value in saved.items():
@@ -87,16 +92,28 @@ class ChunkRunner:
                 cancel.check()
                 yield spec, run_chunk(spec, *args)
             return
-        pending: deque[tuple[ChunkSpec, Future[dict[str, Any]]]] = deque()
+        pending: deque[tuple[ChunkSpec, Future[dict[str, Any]], Any]] = deque()
         for spec, args in jobs:
             cancel.check()
-            pending.append((spec, self.pool.submit(run_chunk, spec, *args)))
+            pending.append((spec, self.pool.submit(run_chunk, spec, *args), args[-1]))
             if len(pending) > 2 * self.workers:  # bounded: memory does not grow with input
-                head, fut = pending.popleft()
-                yield head, fut.result()
+                yield self._done(*pending.popleft())
         while pending:
-            head, fut = pending.popleft()
-            yield head, fut.result()
+            yield self._done(*pending.popleft())
+
+    def _done(
+        self, spec: ChunkSpec, fut: Future[dict[str, Any]], data: Any
+    ) -> tuple[ChunkSpec, dict[str, Any]]:
+        """A chunk's result; the slot its bytes came in is free again."""
+        try:
+            return spec, fut.result()
+        finally:
+            self.give_back(data)
+
+    def give_back(self, data: Any) -> None:
+        """Free the slot of a chunk's bytes (a chunk that was not run, say resumed)."""
+        if isinstance(data, SharedBytes) and self.slots is not None:
+            self.slots.give_back(data.slot)
 
     def release(self) -> None:
         """No more chunks: the workers exit (and free their memory) while the caller goes on;
@@ -112,6 +129,9 @@ class ChunkRunner:
         if self.pool is not None:
             self.pool.shutdown(wait=True, cancel_futures=cancel)
             self.pool = None
+        if self.slots is not None:  # no worker reads them any more
+            self.slots.close()
+            self.slots = None
 
 
 def _noop(_: int) -> None:
