@@ -152,12 +152,13 @@ def _plan_file(
             if slot is None:
                 own = reader.buffer  # grown, for a long line
             else:
+                assert slots is not None  # a slot came from them
                 # A chunk longer than the read (its last line went on) is not all in the slot,
                 # nor one read into a larger buffer than the slot.
                 if end - pos <= n and buf is slot[1]:
-                    shared = slots.share(slot[0], off, end - pos)  # type: ignore[union-attr]
+                    shared = slots.share(slot[0], off, end - pos)
                 else:
-                    slots.give_back(slot[0])  # type: ignore[union-attr]
+                    slots.give_back(slot[0])
             yield (
                 ChunkSpec(split, kind, source.path, None, seq, pos, end - pos, line, end == size),
                 shared,
