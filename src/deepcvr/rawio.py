@@ -34,23 +34,13 @@ class DirectWriter:
     raised by a later `write` or by `finish`."""
 
     def __init__(self, path: Path) -> None:
-        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
-        self.direct = hasattr(os, "O_DIRECT")
+        self._fd, self.direct = _open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
         self.size = 0
         self._fill = 0
         self._bufs: list[mmap.mmap] = []
         self._writing: list[Future[None] | None] = [None, None]
         self._pool: ThreadPoolExecutor | None = None
         if self.direct:
-            try:
-                self._fd = os.open(path, flags | os.O_DIRECT, 0o644)
-            except OSError as e:
-                if e.errno != errno.EINVAL:
-                    raise
-                self.direct = False
-        if not self.direct:
-            self._fd = os.open(path, flags, 0o644)
-        else:
             self._bufs = [mmap.mmap(-1, DIRECT_BLOCK), mmap.mmap(-1, DIRECT_BLOCK)]
             self._pool = ThreadPoolExecutor(1, thread_name_prefix="direct-write")
 
@@ -122,6 +112,18 @@ class DirectWriter:
         self.close()
 
 
+def _open(path: str | Path, flags: int) -> tuple[int, bool]:
+    """(fd, direct): the file opened with O_DIRECT, or plainly where that is refused (EINVAL)."""
+    flags |= os.O_CLOEXEC
+    if hasattr(os, "O_DIRECT"):
+        try:
+            return os.open(path, flags | os.O_DIRECT, 0o644), True
+        except OSError as e:
+            if e.errno != errno.EINVAL:
+                raise
+    return os.open(path, flags, 0o644), False
+
+
 def _plain(fd: int) -> bool:
     """Turn O_DIRECT off for the rest of the file's I/O; returns the new `direct` (False)."""
     import fcntl
@@ -143,17 +145,7 @@ class RangeReader:
     def __init__(self, path: str, max_length: int, buffer: mmap.mmap | None = None) -> None:
         # Room for `max_length` bytes at any offset in the first block.
         self.buffer = buffer if buffer is not None else mmap.mmap(-1, _span(ALIGN - 1, max_length))
-        self.direct = hasattr(os, "O_DIRECT")
-        flags = os.O_RDONLY | os.O_CLOEXEC
-        if self.direct:
-            try:
-                self._fd = os.open(path, flags | os.O_DIRECT)
-                return
-            except OSError as e:
-                if e.errno != errno.EINVAL:
-                    raise
-                self.direct = False
-        self._fd = os.open(path, flags)
+        self._fd, self.direct = _open(path, os.O_RDONLY)
 
     def read(self, start: int, length: int) -> tuple[mmap.mmap, int, int]:
         """`length` bytes from `start` (fewer at the end of the file): they are
