@@ -67,6 +67,7 @@ def test_result_and_files(data) -> None:
     assert result.common_rows == len(common)
     assert result.sample_structures == sum(row[4] for row in skeleton)
     assert result.common_structures == sum(row[1] for row in common)
+    assert result.raw_bytes == sum(p.stat().st_size for p in result.files)
     assert sum(calls) == SAMPLES
 
 
@@ -187,6 +188,7 @@ def test_archive(tmp_path: Path) -> None:
     assert result.files == (out / "sample_train.tar.gz",)
     assert [p.name for p in out.iterdir()] == ["sample_train.tar.gz"]
     assert (result.samples, result.sample_structures) == (3_000, plain.sample_structures)
+    assert result.raw_bytes == plain.raw_bytes == sum(p.stat().st_size for p in plain.files)
     with tarfile.open(result.files[0], "r:gz") as tar:
         members = tar.getmembers()
         assert sorted(m.name for m in members) == sorted(p.name for p in plain.files)

@@ -25,6 +25,7 @@ from typer.core import TyperGroup
 from deepcvr.cliparams import add_op_command, fail
 from deepcvr.errors import ConfigError, DeepCVRError
 from deepcvr.logsetup import make_console, setup_logging
+from deepcvr.malloc import keep_freed_memory
 from deepcvr.metadata import STORE_DIR, STORE_FILE, MetadataStore, store_path
 from deepcvr.pipeline.config import load_pipeline, pipeline_json_schema
 from deepcvr.pipeline.runner import STATUS_STYLE, format_duration, run_pipeline
@@ -307,6 +308,7 @@ def _duration(run: dict[str, Any]) -> float | None:
 
 def main() -> None:
     """Console entry point (`deepcvr`)."""
+    keep_freed_memory()
     try:
         app(prog_name="deepcvr")
     except SystemExit as e:

@@ -109,6 +109,7 @@ class SynthResult:
     sample_structures: int  # sum of feature_num over skeleton lines
     common_structures: int
     files: tuple[Path, ...]  # what was written (CSVs, or the archive with archive=True)
+    raw_bytes: int = 0  # size of the CSVs (inside the archive with archive=True)
 
 
 class _Layout:
@@ -327,6 +328,7 @@ def _write_csvs(
         sample_structures=sample_structures,
         common_structures=common_structures,
         files=(skeleton_path, common_path),
+        raw_bytes=skeleton_path.stat().st_size + common_path.stat().st_size,
     )
 
 
@@ -383,4 +385,5 @@ def generate(
         sample_structures=result.sample_structures,
         common_structures=result.common_structures,
         files=(final,),
+        raw_bytes=result.raw_bytes,
     )

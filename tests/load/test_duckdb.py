@@ -137,6 +137,51 @@ def test_failed_load_leaves_previous_database(parquet: tuple[Path, Path], tmp_pa
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".tmp-")] == []
 
 
+def test_memory_is_held_to_the_limit_with_spill_space_beside_the_target(
+    parquet: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from deepcvr.load import duckdb_target
+
+    seen: list[tuple[str, str]] = []
+    build = duckdb_target._build
+
+    def spy(con: duckdb.DuckDBPyConnection, *args: object) -> object:
+        limit, spill = con.execute(
+            "SELECT current_setting('memory_limit'), current_setting('temp_directory')"
+        ).fetchone()
+        seen.append((limit, spill))
+        Path(spill).mkdir()  # as DuckDB makes it when an operator spills
+        (Path(spill) / "duckdb_temp_block-1.block").write_bytes(b"x" * 4096)
+        return build(con, *args)
+
+    monkeypatch.setattr(duckdb_target, "_build", spy)
+    db = tmp_path / "d.duckdb"
+    summary = load(parquet[1], f"duckdb:///{db}", memory_mb=96)
+    expected = (
+        duckdb.connect(config={"memory_limit": "96MB"})
+        .execute("SELECT current_setting('memory_limit')")
+        .fetchone()
+    )
+    assert [limit for limit, _ in seen] == [expected[0]]
+    spill = Path(seen[0][1])
+    assert spill.parent == tmp_path and spill.name.startswith(".tmp-d.duckdb.")
+    assert summary["memory_mb"] == 96 and {c["ok"] for c in summary["checks"]} == {True}
+    assert [p.name for p in tmp_path.iterdir()] == ["d.duckdb"]  # spill space gone with the rest
+
+
+def test_too_little_memory_is_a_one_line_error_naming_the_setting(
+    parquet: tuple[Path, Path], tmp_path: Path
+) -> None:
+    db = tmp_path / "d.duckdb"
+    load(parquet[1], f"duckdb:///{db}")
+    before = db.read_bytes()
+    with pytest.raises(TargetError, match=r"Out of Memory.*; raise memory_mb \(now 4\)") as err:
+        load(parquet[1], f"duckdb:///{db}", memory_mb=4)
+    assert "\n" not in str(err.value) and "Possible solutions" not in str(err.value)
+    assert db.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["d.duckdb"]
+
+
 def test_unwritable_target_is_one_line_error(parquet: tuple[Path, Path], tmp_path: Path) -> None:
     target = tmp_path / "dir.duckdb"
     target.mkdir()

@@ -270,10 +270,12 @@ def test_workers_size_their_own_polars_pool() -> None:
         runner.close()
 
 
-def test_workers_keep_freed_memory(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("user_mmap", [None, "4096"])
+def test_workers_keep_freed_memory(monkeypatch: pytest.MonkeyPatch, user_mmap: str | None) -> None:
     """Workers get the allocator settings that keep a chunk's pages across chunks: jemalloc's
     after whatever the environment holds (Polars' defaults; the last option wins), glibc's
-    unless the user set them; the parent's environment is left as it was."""
+    unless the user set one of them (then theirs alone: either setting alone is slower than
+    none); the parent's environment is left as it was."""
     import os
 
     import polars as pl  # noqa: F401  (it puts its jemalloc defaults in the environment)
@@ -281,7 +283,10 @@ def test_workers_keep_freed_memory(monkeypatch: pytest.MonkeyPatch) -> None:
     from deepcvr.transform.workers import _KEEP_FREED_JEMALLOC, JEMALLOC_CONF, ChunkRunner
 
     before = os.environ[JEMALLOC_CONF]
-    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "4096")
+    if user_mmap is None:
+        monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_", raising=False)
+    else:
+        monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", user_mmap)
     monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_", raising=False)
     runner = ChunkRunner(2)
     try:
@@ -293,7 +298,12 @@ def test_workers_keep_freed_memory(monkeypatch: pytest.MonkeyPatch) -> None:
     finally:
         runner.close()
     assert seen[JEMALLOC_CONF].endswith(f"{before},{_KEEP_FREED_JEMALLOC}")
-    assert seen["MALLOC_MMAP_THRESHOLD_"] == "4096"
-    assert seen["MALLOC_TRIM_THRESHOLD_"] == str(1 << 31)
+    if user_mmap is None:
+        assert seen["MALLOC_MMAP_THRESHOLD_"] == str(1 << 30)
+        assert seen["MALLOC_TRIM_THRESHOLD_"] == str(1 << 31)
+    else:
+        assert seen["MALLOC_MMAP_THRESHOLD_"] == user_mmap
+        assert seen["MALLOC_TRIM_THRESHOLD_"] is None
     assert os.environ[JEMALLOC_CONF] == before
     assert "MALLOC_TRIM_THRESHOLD_" not in os.environ
+    assert os.environ.get("MALLOC_MMAP_THRESHOLD_") == user_mmap

@@ -11,6 +11,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
 from deepcvr.errors import ConfigError, TargetError
+from deepcvr.load.ops import DUCKDB_MEMORY_MB
 from deepcvr.load.parquet_input import inspect_parquet
 from deepcvr.load.verify import Query
 from deepcvr.secrets import mask_url
@@ -81,6 +82,7 @@ def load(
     replace: bool = False,
     enforce_keys_max_rows: int | None = None,
     allow_slow_insert: bool = False,
+    memory_mb: int = DUCKDB_MEMORY_MB,
 ) -> dict[str, Any]:
     kind, url = parse_target(target)
     if enforce_keys_max_rows is None:
@@ -89,7 +91,9 @@ def load(
     if kind == "duckdb":
         from deepcvr.load.duckdb_target import load_duckdb
 
-        summary = load_duckdb(inp, Path(url.database or ""), replace, enforce_keys_max_rows)
+        summary = load_duckdb(
+            inp, Path(url.database or ""), replace, enforce_keys_max_rows, memory_mb
+        )
     else:
         from deepcvr.load.sql_target import load_server
 
@@ -139,6 +143,7 @@ def run_load(ctx: OpContext, params: LoadParams) -> dict[str, Any]:
         params.replace,
         params.enforce_keys_max_rows,
         params.allow_slow_insert,
+        params.memory_mb,
     )
     if ctx.store is not None:
         for check in summary.get("checks", []):

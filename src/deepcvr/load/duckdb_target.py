@@ -8,6 +8,7 @@ at any point leaves the previous database untouched and queryable.
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from pathlib import Path
@@ -56,12 +57,17 @@ def _old_tables(con: duckdb.DuckDBPyConnection) -> dict[str, list[str]]:
 
 
 def load_duckdb(
-    inp: ParquetInput, path: Path, replace: bool, enforce_max_rows: int
+    inp: ParquetInput, path: Path, replace: bool, enforce_max_rows: int, memory_mb: int
 ) -> dict[str, Any]:
+    """Load into a new file beside `path` and swap it in; DuckDB holds at most `memory_mb` MB
+    of data (its buffer pool) and spills what does not fit to a temp directory beside it."""
     _check_target_path(path)
     tmp = temp_sibling(path)
+    spill = Path(f"{tmp}.spill")  # hidden like the temp database, and removed with it
     start = time.monotonic()
-    con = duckdb.connect(str(tmp))
+    con = duckdb.connect(
+        str(tmp), config={"memory_limit": f"{memory_mb}MB", "temp_directory": str(spill)}
+    )
     # Rows need no particular physical order (every key is checked; a query that cares sorts).
     # Letting each thread append as it goes makes the bulk inserts faster and lighter on memory
     # (long tables plus checkpoint at 1 M impressions: 1.5 s instead of 2.5 s); each thread
@@ -74,13 +80,20 @@ def load_duckdb(
         os.replace(tmp, path)
     except duckdb.Error as err:
         con.close()
+        hint = ""
+        if isinstance(err, duckdb.OutOfMemoryException):
+            hint = f"; raise memory_mb (now {memory_mb}) or free memory"
+        first = str(err).splitlines()[0]
         raise TargetError(
-            f"{path}: load failed, previous database left as it was ({err})".replace("\n", " ")
+            f"{path}: load failed, previous database left as it was ({first}){hint}"
         ) from None
     finally:
+        con.close()  # a no-op if closed; else (Ctrl-C, a failed check) before the files go
         for leftover in (tmp, Path(f"{tmp}.wal")):
             leftover.unlink(missing_ok=True)
+        shutil.rmtree(spill, ignore_errors=True)
     summary["seconds"] = round(time.monotonic() - start, 3)
+    summary["memory_mb"] = memory_mb
     return summary
 
 

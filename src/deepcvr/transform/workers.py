@@ -14,21 +14,16 @@ from multiprocessing import get_context
 from typing import TYPE_CHECKING, Any
 
 from deepcvr import cancel
+from deepcvr.malloc import keep_freed_memory_env
 from deepcvr.rawio import SharedBytes, SharedSlots
 
 if TYPE_CHECKING:  # the chunk code (Polars, Arrow) loads in the workers, not before they start
     from deepcvr.transform.chunks import ChunkSpec
 
 # A chunk's buffers (its bytes, the joined feature lists, the CSV Polars reads) are megabytes
-# each, allocated afresh per chunk. By default glibc maps such blocks and unmaps them on free,
-# and Polars' jemalloc soon hands freed pages back, so every chunk faulted its pages in again:
-# ~5,000 page faults and 8-10 % of a worker's time per 8 MB chunk. Workers keep what they freed
-# across chunks instead (jemalloc returns it after 5 s idle); their memory stays at one chunk's
-# peak, which they reach anyway. A glibc setting the user made in the environment wins.
-_KEEP_FREED_MEMORY = {
-    "MALLOC_MMAP_THRESHOLD_": str(1 << 30),
-    "MALLOC_TRIM_THRESHOLD_": str(1 << 31),
-}
+# each, allocated afresh per chunk: kept by glibc (deepcvr.malloc) and by Polars' jemalloc
+# (below, returned after 5 s idle), they do not fault their pages in again for every chunk
+# (~5,000 page faults and 8-10 % of a worker's time per 8 MB chunk).
 # Polars writes its own jemalloc defaults into the environment when imported, and puts them
 # before any value it finds: appended, these options come last in each worker and win.
 JEMALLOC_CONF = "_RJEM_MALLOC_CONF"
@@ -53,7 +48,7 @@ class ChunkRunner:
             # Spawned workers get a fresh Polars thread pool sized so workers x threads = cores;
             # forking a process that already runs Polars threads can deadlock.
             threads = max(1, (os.cpu_count() or 1) // workers)
-            env = {k: v for k, v in _KEEP_FREED_MEMORY.items() if k not in os.environ}
+            env = keep_freed_memory_env()
             env[JEMALLOC_CONF] = ",".join(
                 filter(None, [os.environ.get(JEMALLOC_CONF), _KEEP_FREED_JEMALLOC])
             )
