@@ -79,7 +79,6 @@ def load_duckdb(
         con.close()
         os.replace(tmp, path)
     except duckdb.Error as err:
-        con.close()
         hint = ""
         if isinstance(err, duckdb.OutOfMemoryException):
             hint = f"; raise memory_mb (now {memory_mb}) or free memory"

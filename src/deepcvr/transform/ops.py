@@ -31,6 +31,10 @@ class TransformParams(OpParams):
         default_factory=dict, description="Spark settings, e.g. {spark.master: 'local[*]'}"
     )
 
+    @property
+    def chunk_bytes(self) -> int:
+        return max(1, int(self.chunk_mb * 1_000_000))
+
 
 def _where(ctx: OpContext, given: str | None, default: str) -> list[str]:
     if given and "://" in given:  # s3a://, hdfs://: a URI stays as it is
@@ -54,9 +58,7 @@ def transform_op(ctx: OpContext, params: TransformParams) -> dict[str, Any]:
         from deepcvr.transform.workers import ChunkRunner
 
         # Started before the engine is imported: the workers load the same modules meanwhile.
-        runner = ChunkRunner(
-            params.workers or os.cpu_count() or 1, max(1, int(params.chunk_mb * 1_000_000))
-        )
+        runner = ChunkRunner(params.workers or os.cpu_count() or 1, params.chunk_bytes)
     try:
         from deepcvr.transform.engine import run_transform
 
